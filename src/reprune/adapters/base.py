@@ -1,0 +1,167 @@
+"""Model adapters: each names a family's blocks, depth-2 modules and projections (as SliceGPT's do).
+
+Everything downstream (calibration, criteria, reconstruction, surgery) works on these descriptions
+only, so a new architecture is one adapter file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+ModuleKind = Literal["attention", "ffn"]
+
+
+@dataclass
+class Projection:
+    """One weight matrix, seen as ``nn.Linear`` stores it: weight (out, in) and an optional bias.
+
+    GPT-2's ``Conv1D`` keeps the transpose; this class hides the difference.
+    """
+
+    parent: nn.Module
+    name: str
+
+    @property
+    def module(self) -> nn.Module:
+        return getattr(self.parent, self.name)
+
+    @property
+    def is_conv1d(self) -> bool:
+        return isinstance(self.module, Conv1D)
+
+    def weight(self) -> torch.Tensor:
+        w = self.module.weight
+        return w.T if self.is_conv1d else w
+
+    def bias(self) -> torch.Tensor | None:
+        return self.module.bias
+
+    @property
+    def out_features(self) -> int:
+        return self.weight().shape[0]
+
+    @property
+    def in_features(self) -> int:
+        return self.weight().shape[1]
+
+    def replace(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        """Swap in a module of the new shape (weight given as (out, in)), same type, dtype and device."""
+        old = self.module
+        dtype, device = old.weight.dtype, old.weight.device
+        out_features, in_features = weight.shape
+        if self.is_conv1d:
+            new: nn.Module = Conv1D(out_features, in_features)
+            new.weight.data = weight.T.contiguous().to(dtype=dtype, device=device)
+            new.bias.data = (bias if bias is not None else torch.zeros(out_features)).to(dtype=dtype, device=device)
+        else:
+            new = nn.Linear(in_features, out_features, bias=bias is not None, device=device, dtype=dtype)
+            new.weight.data = weight.contiguous().to(dtype=dtype, device=device)
+            if bias is not None:
+                new.bias.data = bias.to(dtype=dtype, device=device)
+        new.requires_grad_(False)
+        setattr(self.parent, self.name, new)
+
+
+@dataclass
+class Level1Part:
+    """A slice of a level-1 projection's output rows that feeds the module's inner channels.
+
+    ``offset`` is the first row of the slice (non-zero inside GPT-2's fused q/k/v); ``per_kv_head``
+    marks key/value rows, laid out per KV head rather than per query head (GQA).
+    """
+
+    projection: Projection
+    offset: int = 0
+    per_kv_head: bool = False
+
+
+@dataclass
+class Depth2Module:
+    """One prunable module of a block: level-1 rows and level-2 input columns share inner channels.
+
+    Units are query heads (``unit_width = head_dim``) or FFN neurons (``unit_width = 1``).
+    """
+
+    kind: ModuleKind
+    block: int
+    parent: nn.Module
+    level1: list[Level1Part]
+    level2: Projection
+    num_units: int
+    unit_width: int
+    num_kv_heads: int = 0
+    gated: bool = False
+    activation: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"block {self.block} {self.kind}"
+
+    @property
+    def heads_per_kv(self) -> int:
+        return self.num_units // self.num_kv_heads if self.num_kv_heads else 1
+
+    def unit_channels(self, units: torch.Tensor | list[int]) -> torch.Tensor:
+        """Level-2 input columns (inner channels) of the given units, in order."""
+        units_t = torch.as_tensor(units, dtype=torch.long)
+        offsets = torch.arange(self.unit_width)
+        return (units_t[:, None] * self.unit_width + offsets[None, :]).reshape(-1)
+
+    def level1_rows(self, part: Level1Part, units: torch.Tensor | list[int]) -> torch.Tensor:
+        """Output rows of ``part`` that belong to the given query heads / neurons (KV rows deduplicated)."""
+        units_t = torch.as_tensor(units, dtype=torch.long)
+        if part.per_kv_head:
+            units_t = torch.unique(units_t // self.heads_per_kv)
+        return self.unit_channels(units_t) + part.offset
+
+
+@dataclass
+class ModelAdapter:
+    """Base adapter; subclasses fill in the family-specific parts."""
+
+    model: nn.Module
+    family: str = "base"
+    causal: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def blocks(self) -> nn.ModuleList:
+        raise NotImplementedError
+
+    def depth2_modules(self, block_index: int) -> list[Depth2Module]:
+        """The modules of the model's block ``block_index`` in forward order (attention first)."""
+        return self.modules_of(self.blocks()[block_index], block_index)
+
+    def modules_of(self, block: nn.Module, block_index: int) -> list[Depth2Module]:
+        """Describe the modules of ``block`` (a block of this model, or a copy of one)."""
+        raise NotImplementedError
+
+    def set_head_counts(self, module: Depth2Module, num_heads: int, num_kv_heads: int) -> None:
+        """Update the attention module's attributes after its heads were removed."""
+        for name, value in self.attention_attributes(num_heads, num_kv_heads, module.unit_width).items():
+            setattr(module.parent, name, value)
+
+    def attention_attributes(self, num_heads: int, num_kv_heads: int, head_dim: int) -> dict[str, int]:
+        raise NotImplementedError
+
+
+    def plain_config_updates(self, layer_shapes: list[dict[str, int]]) -> dict[str, Any] | None:
+        """Config keys that describe a uniformly pruned model to plain transformers, or None if impossible."""
+        return None
+
+    def bias_config_updates(self) -> dict[str, Any]:
+        """Config keys that make plain transformers build the biases that reconstruction added."""
+        return {}
+
+    def materialise_bias_partners(self, module: Depth2Module) -> None:
+        """Give sibling projections zero biases when the config's bias flag covers them too (LLaMA)."""
+
+
+
+def block_output(output: Any) -> torch.Tensor:
+    """Blocks return a tensor (transformers 5) or a tuple whose first item is the hidden state."""
+    return output[0] if isinstance(output, (tuple, list)) else output

@@ -1,0 +1,59 @@
+"""GPT-2: fused q/k/v in one ``Conv1D`` (weights stored transposed), plain GELU FFN."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from reprune.adapters.base import Depth2Module, Level1Part, ModelAdapter, Projection
+
+
+class GPT2Adapter(ModelAdapter):
+    """``h[i].attn.c_attn`` (q|k|v sections), ``attn.c_proj``, ``mlp.c_fc`` and ``mlp.c_proj``."""
+
+    model_types = ("gpt2",)
+
+    def blocks(self) -> nn.ModuleList:
+        return self.model.base_model.h
+
+    def modules_of(self, block: nn.Module, block_index: int) -> list[Depth2Module]:
+        attn, mlp = block.attn, block.mlp
+        width = attn.split_size
+        fused = Projection(attn, "c_attn")
+        attention = Depth2Module(
+            kind="attention",
+            block=block_index,
+            parent=attn,
+            level1=[
+                Level1Part(fused, offset=0),
+                Level1Part(fused, offset=width, per_kv_head=True),
+                Level1Part(fused, offset=2 * width, per_kv_head=True),
+            ],
+            level2=Projection(attn, "c_proj"),
+            num_units=width // attn.head_dim,
+            unit_width=attn.head_dim,
+            num_kv_heads=width // attn.head_dim,
+        )
+        ffn = Depth2Module(
+            kind="ffn",
+            block=block_index,
+            parent=mlp,
+            level1=[Level1Part(Projection(mlp, "c_fc"))],
+            level2=Projection(mlp, "c_proj"),
+            num_units=mlp.c_proj.weight.shape[0],
+            unit_width=1,
+            activation=str(self.model.config.activation_function),
+        )
+        return [attention, ffn]
+
+    def attention_attributes(self, num_heads: int, num_kv_heads: int, head_dim: int) -> dict[str, int]:
+        return {"num_heads": num_heads, "split_size": num_heads * head_dim}
+
+    def plain_config_updates(self, layer_shapes: list[dict[str, int]]) -> dict[str, Any] | None:
+        first = layer_shapes[0]
+        if any(shape != first for shape in layer_shapes):
+            return None
+        if first["num_heads"] * first["head_dim"] != self.model.config.hidden_size:
+            return None  # GPT-2 derives head_dim from n_embd: pruned heads need the manifest
+        return {"n_inner": first["intermediate_size"]}

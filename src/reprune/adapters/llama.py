@@ -1,0 +1,78 @@
+"""LLaMA-family decoders (LLaMA, Mistral, Qwen2): gated FFN, RoPE attention, GQA."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from reprune.adapters.base import Depth2Module, Level1Part, ModelAdapter, Projection
+
+
+class LlamaAdapter(ModelAdapter):
+    """``model.layers[i].self_attn.{q,k,v,o}_proj`` and ``mlp.{gate,up,down}_proj``."""
+
+    model_types = ("llama", "mistral", "qwen2")
+
+    def blocks(self) -> nn.ModuleList:
+        return self.model.base_model.layers
+
+    def modules_of(self, layer: nn.Module, block_index: int) -> list[Depth2Module]:
+        attn, mlp = layer.self_attn, layer.mlp
+        head_dim = attn.head_dim
+        attention = Depth2Module(
+            kind="attention",
+            block=block_index,
+            parent=attn,
+            level1=[
+                Level1Part(Projection(attn, "q_proj")),
+                Level1Part(Projection(attn, "k_proj"), per_kv_head=True),
+                Level1Part(Projection(attn, "v_proj"), per_kv_head=True),
+            ],
+            level2=Projection(attn, "o_proj"),
+            num_units=attn.q_proj.out_features // head_dim,
+            unit_width=head_dim,
+            num_kv_heads=attn.k_proj.out_features // head_dim,
+        )
+        ffn = Depth2Module(
+            kind="ffn",
+            block=block_index,
+            parent=mlp,
+            level1=[Level1Part(Projection(mlp, "gate_proj")), Level1Part(Projection(mlp, "up_proj"))],
+            level2=Projection(mlp, "down_proj"),
+            num_units=mlp.down_proj.in_features,
+            unit_width=1,
+            gated=True,
+            activation=str(self.model.config.hidden_act),
+        )
+        return [attention, ffn]
+
+    def attention_attributes(self, num_heads: int, num_kv_heads: int, head_dim: int) -> dict[str, int]:
+        return {"num_key_value_groups": num_heads // num_kv_heads}
+
+    def plain_config_updates(self, layer_shapes: list[dict[str, int]]) -> dict[str, Any] | None:
+        first = layer_shapes[0]
+        if any(shape != first for shape in layer_shapes):
+            return None
+        return {
+            "num_attention_heads": first["num_heads"],
+            "num_key_value_heads": first["num_kv_heads"],
+            "head_dim": first["head_dim"],
+            "intermediate_size": first["intermediate_size"],
+        }
+
+    def bias_config_updates(self) -> dict[str, Any]:
+        modules = [m for i in range(len(self.blocks())) for m in self.depth2_modules(i)]
+        return {
+            "attention_bias": any(m.level2.bias() is not None for m in modules if m.kind == "attention"),
+            "mlp_bias": any(m.level2.bias() is not None for m in modules if m.kind == "ffn"),
+        }
+
+    def materialise_bias_partners(self, module: Depth2Module) -> None:
+        if module.level2.bias() is None:
+            return
+        for part in module.level1:
+            if part.projection.bias() is None:
+                weight = part.projection.weight()
+                part.projection.replace(weight, torch.zeros(weight.shape[0], dtype=weight.dtype))

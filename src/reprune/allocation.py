@@ -1,0 +1,183 @@
+"""Budget allocation: how many heads and neurons each block loses, and which ones.
+
+The ratio is of the parameters of the prunable projections (attention + FFN). ``uniform`` removes the
+same number of heads and of neurons in every pruned block (FLAP's UL-UM); ``global`` standardises each
+module's scores per layer and removes the lowest units of the whole model, weighting each unit by the
+parameters it removes (AL-AM). GQA: heads go either in whole KV groups (``gqa_mode='group'``) or as the
+same number of query heads from every group (``'query'``), so query heads still map evenly to KV heads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from reprune.adapters import Depth2Module
+
+AllocationMode = Literal["uniform", "global"]
+GqaMode = Literal["query", "group"]
+
+
+@dataclass(frozen=True)
+class ModuleBudget:
+    """Size facts of one module needed to share out the budget."""
+
+    block: int
+    kind: str
+    num_units: int
+    step: int  # units removed per legal step (KV-group constraint)
+    max_remove: int
+    unit_cost: float  # parameters removed per unit
+    total_params: int  # all parameters of the module's projections
+
+    @property
+    def key(self) -> tuple[int, str]:
+        return (self.block, self.kind)
+
+
+def projection_params(module: Depth2Module) -> int:
+    """Parameters of all the module's projections (weights and biases; fused projections counted once)."""
+    seen: dict[int, int] = {}
+    for proj in [p.projection for p in module.level1] + [module.level2]:
+        m = proj.module
+        seen[id(m)] = sum(p.numel() for p in m.parameters())
+    return sum(seen.values())
+
+
+def removes_kv_heads(module: Depth2Module, gqa_mode: GqaMode) -> bool:
+    """Whether removing query heads also removes key/value rows (no GQA, or whole-group removal)."""
+    return module.heads_per_kv == 1 or gqa_mode == "group"
+
+
+def module_budget(module: Depth2Module, gqa_mode: GqaMode) -> ModuleBudget:
+    """Describe a module for allocation: legal step, maximum removal and parameters per unit."""
+    cost = float(module.unit_width * module.level2.out_features)
+    for part in module.level1:
+        if part.per_kv_head and not removes_kv_heads(module, gqa_mode):
+            continue
+        proj = part.projection
+        per_row = proj.in_features + (1 if proj.bias() is not None else 0)
+        share = 1.0 / module.heads_per_kv if part.per_kv_head else 1.0
+        cost += module.unit_width * per_row * share
+    if module.kind == "attention" and module.heads_per_kv > 1:
+        step = module.heads_per_kv if gqa_mode == "group" else module.num_kv_heads
+    else:
+        step = 1
+    max_remove = module.num_units - step if step > 1 else module.num_units - 1
+    return ModuleBudget(module.block, module.kind, module.num_units, step, max_remove, cost,
+                        projection_params(module))
+
+
+def _legal(count: float, budget: ModuleBudget, rounding: Literal["nearest", "down"]) -> int:
+    steps = count / budget.step
+    steps_int = int(round(steps)) if rounding == "nearest" else int(steps + 1e-9)
+    return max(0, min(steps_int * budget.step, budget.max_remove))
+
+
+def check_ratio(ratio: float) -> None:
+    if not (0.0 <= ratio < 1.0):
+        raise ValueError(f"ratio must be in [0, 1), the fraction of prunable parameters to remove; got {ratio}")
+
+
+def allocate(
+    budgets: list[ModuleBudget],
+    ratio: float,
+    mode: AllocationMode,
+    eligible: set[tuple[int, str]],
+    scores: dict[tuple[int, str], torch.Tensor] | None = None,
+) -> dict[tuple[int, str], int]:
+    """Number of units to remove per module so that ``ratio`` of all prunable parameters go."""
+    check_ratio(ratio)
+    total = sum(b.total_params for b in budgets)
+    target = ratio * total
+    counts = {b.key: 0 for b in budgets}
+    pool = [b for b in budgets if b.key in eligible]
+    capacity = sum(b.max_remove * b.unit_cost for b in pool)
+    if target > capacity + 1e-6:
+        raise ValueError(
+            f"ratio {ratio} asks for {target:.0f} parameters but the eligible modules can lose at most "
+            f"{capacity:.0f} ({capacity / total:.3f} of prunable parameters): "
+            "lower the ratio, prune both attention and FFN, or keep fewer blocks dense"
+        )
+    if target == 0 or not pool:
+        return counts
+    if mode == "uniform":
+        return _uniform(pool, target, counts)
+    if mode == "global":
+        if scores is None:
+            raise ValueError("global allocation needs the scores of every module")
+        return _global(pool, target, counts, scores)
+    raise ValueError(f"Unknown allocation {mode!r}; choose 'uniform' or 'global'")
+
+
+def _uniform(pool: list[ModuleBudget], target: float, counts: dict) -> dict[tuple[int, str], int]:
+    heads = [b for b in pool if b.kind == "attention"]
+    ffns = [b for b in pool if b.kind == "ffn"]
+    fraction = target / sum(b.num_units * b.unit_cost for b in pool)
+    if not ffns:  # heads only: the nearest legal count to the budget
+        for b in heads:
+            counts[b.key] = _legal(target / (len(heads) * b.unit_cost), b, "nearest")
+        return counts
+    spent = 0.0
+    for b in heads:
+        counts[b.key] = _legal(fraction * b.num_units, b, "nearest")
+        spent += counts[b.key] * b.unit_cost
+    per_block = max(target - spent, 0.0) / sum(b.unit_cost for b in ffns)
+    for b in ffns:
+        counts[b.key] = max(0, min(int(round(per_block)), b.max_remove))
+    return counts
+
+
+def _global(pool: list[ModuleBudget], target: float, counts: dict,
+            scores: dict[tuple[int, str], torch.Tensor]) -> dict[tuple[int, str], int]:
+    ranked: list[tuple[float, ModuleBudget]] = []
+    for b in pool:
+        s = scores[b.key].to(torch.float64)
+        z = (s - s.mean()) / s.std().clamp_min(1e-12) if s.numel() > 1 else torch.zeros_like(s)
+        ranked.extend((float(v), b) for v in z)
+    ranked.sort(key=lambda item: item[0])
+    spent = 0.0
+    for _, b in ranked:
+        if spent >= target:
+            break
+        if counts[b.key] < b.max_remove:
+            counts[b.key] += 1
+            spent += b.unit_cost
+    has_ffn = any(b.kind == "ffn" for b in pool)
+    for b in pool:  # make head counts legal, then refill the budget with neurons in rank order
+        if b.kind == "attention":
+            legal = _legal(counts[b.key], b, "down" if has_ffn else "nearest")
+            spent += (legal - counts[b.key]) * b.unit_cost
+            counts[b.key] = legal
+    for _, b in ranked:
+        if spent >= target - 0.5 * b.unit_cost:
+            break
+        if b.kind == "ffn" and counts[b.key] < b.max_remove:
+            counts[b.key] += 1
+            spent += b.unit_cost
+    return counts
+
+
+def select_units(module: Depth2Module, scores: torch.Tensor, n_remove: int, gqa_mode: GqaMode) -> torch.Tensor:
+    """Sorted indices of the units to keep: drop the ``n_remove`` lowest-scored ones, legally for GQA."""
+    scores = scores.to(torch.float64).cpu()
+    if n_remove == 0:
+        return torch.arange(module.num_units)
+    rep = module.heads_per_kv
+    if module.kind == "attention" and rep > 1:
+        grouped = scores.reshape(module.num_kv_heads, rep)
+        if gqa_mode == "group":
+            drop_groups = torch.argsort(grouped.sum(1))[: n_remove // rep]
+            keep = [h for g in range(module.num_kv_heads) if g not in set(drop_groups.tolist())
+                    for h in range(g * rep, (g + 1) * rep)]
+            return torch.tensor(keep, dtype=torch.long)
+        per_group = n_remove // module.num_kv_heads
+        keep = []
+        for g in range(module.num_kv_heads):
+            order = torch.argsort(grouped[g], descending=True)[: rep - per_group]
+            keep.extend((g * rep + order).tolist())
+        return torch.tensor(sorted(keep), dtype=torch.long)
+    order = torch.argsort(scores, descending=True)[: module.num_units - n_remove]
+    return torch.sort(order).values

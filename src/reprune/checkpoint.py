@@ -1,0 +1,165 @@
+"""Checkpoint I/O: a ``save_pretrained`` folder (safetensors, tokenizer, config, report).
+
+A uniformly pruned model whose sizes the config can state loads with plain transformers. Otherwise
+the config carries a ``reprune_manifest`` of the changed projection shapes, and a small modelling file
+in the folder makes it load with ``trust_remote_code=True`` (or with :func:`load`) without reprune.
+Output is written to a temporary folder and moved into place only when complete.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from reprune.adapters import ModelAdapter, get_adapter
+from reprune.pipeline import layer_shapes
+from reprune.remote_code import modeling_reprune
+
+REMOTE_FILE = "modeling_reprune.py"
+REPORT_FILE = "reprune_report.json"
+
+AUTO_CLASSES = (
+    ("ForCausalLM", "AutoModelForCausalLM"),
+    ("LMHeadModel", "AutoModelForCausalLM"),
+    ("ForMaskedLM", "AutoModelForMaskedLM"),
+    ("ForSequenceClassification", "AutoModelForSequenceClassification"),
+    ("Model", "AutoModel"),
+)
+
+
+class OutputExistsError(FileExistsError):
+    """The output folder exists and overwriting was not asked for."""
+
+
+def check_output_dir(out_dir: str | Path, overwrite: bool) -> Path:
+    """Fail early, before any work, if ``out_dir`` exists and may not be replaced."""
+    out = Path(out_dir)
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"Output folder {out} already exists; choose another --out or pass --overwrite")
+    return out
+
+
+def _shape_spec(module: nn.Module) -> dict[str, Any]:
+    if isinstance(module, Conv1D):
+        return {"type": "Conv1D", "in": module.weight.shape[0], "out": module.weight.shape[1], "bias": True}
+    return {"type": "Linear", "in": module.in_features, "out": module.out_features, "bias": module.bias is not None}
+
+
+def _reference_model(model: nn.Module, config: transformers.PretrainedConfig) -> nn.Module:
+    """The architecture as ``config`` alone would build it, on the meta device (no memory)."""
+    with torch.device("meta"):
+        return type(model)(config)
+
+
+def manifest_against(model: nn.Module, config: transformers.PretrainedConfig, adapter: ModelAdapter) -> dict[str, Any]:
+    """Projections whose shape or bias differs from what ``config`` builds, plus attention attributes."""
+    reference = _reference_model(model, config)
+    modules = {}
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, Conv1D)):
+            spec = _shape_spec(module)
+            if spec != _shape_spec(reference.get_submodule(name)):
+                modules[name] = spec
+    if not modules:
+        return {}
+    paths = {id(m): name for name, m in model.named_modules()}
+    attributes = {}
+    for index, shape in enumerate(layer_shapes(adapter)):
+        attention = adapter.depth2_modules(index)[0]
+        attributes[paths[id(attention.parent)]] = adapter.attention_attributes(
+            shape["num_heads"], shape["num_kv_heads"], shape["head_dim"])
+    return {"version": 1, "modules": modules, "attributes": attributes}
+
+
+def _auto_map(model: nn.Module) -> dict[str, str]:
+    names = [type(model).__name__, type(model.base_model).__name__]
+    mapping = {}
+    for name in names:
+        for suffix, auto in AUTO_CLASSES:
+            if name.endswith(suffix) and auto not in mapping:
+                mapping[auto] = f"modeling_reprune.Reprune{name}"
+                break
+    return mapping
+
+
+def finalise_config(model: nn.Module, pruning_summary: dict[str, Any]) -> bool:
+    """Make ``model.config`` describe the pruned model; returns True if plain transformers can load it."""
+    adapter = get_adapter(model)
+    original = copy.deepcopy(model.config)
+    for key in ("reprune_manifest", "auto_map"):
+        if hasattr(original, key):
+            delattr(original, key)
+    plain = copy.deepcopy(original)
+    updates = adapter.plain_config_updates(layer_shapes(adapter))
+    if updates is not None:
+        for key, value in {**updates, **adapter.bias_config_updates()}.items():
+            setattr(plain, key, value)
+        try:
+            plain.validate()  # e.g. LlamaConfig insists that hidden_size is a multiple of the head count
+        except Exception:  # noqa: BLE001  (any validation failure means: not expressible)
+            updates = None
+    if updates is not None and not manifest_against(model, plain, adapter):
+        config, is_plain = plain, True
+    else:
+        config, is_plain = original, False
+        config.reprune_manifest = manifest_against(model, original, adapter)
+        if type(model).__name__ not in modeling_reprune.SUPPORTED:
+            raise ValueError(f"{type(model).__name__} cannot be saved with per-layer sizes yet")
+        config.auto_map = _auto_map(model)
+    config.reprune = pruning_summary
+    model.config = config
+    return is_plain
+
+
+def save_pruned(model: nn.Module, tokenizer: Any, out_dir: str | Path, report: dict[str, Any] | None = None,
+                overwrite: bool = False) -> Path:
+    """Write the pruned model atomically: a temporary sibling folder is renamed into place when complete."""
+    out = check_output_dir(out_dir, overwrite).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    summary = {} if report is None else {
+        key: report["config"][key] for key in ("ratio", "criterion", "attention_criterion", "ffn_criterion",
+                                               "reconstruction", "recovery", "allocation", "targets", "gqa_mode")
+    }
+    is_plain = finalise_config(model, summary)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        model.save_pretrained(staging)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
+        if not is_plain:
+            shutil.copyfile(Path(modeling_reprune.__file__), staging / REMOTE_FILE)
+        if report is not None:
+            (staging / REPORT_FILE).write_text(json.dumps({**report, "plain_transformers": is_plain}, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def load(model_dir: str | Path, dtype: torch.dtype | str | None = None, device: str | None = None) -> nn.Module:
+    """Load any reprune checkpoint (plain or per-layer sizes) or an ordinary Hugging Face folder."""
+    path = Path(model_dir)
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"{path} is not a model folder (no config.json)")
+    config = transformers.AutoConfig.from_pretrained(path)
+    architecture = (config.architectures or [None])[0]
+    if architecture is None or not hasattr(transformers, architecture):
+        raise ValueError(f"{path}: config.architectures does not name a transformers class ({architecture!r})")
+    cls = getattr(transformers, architecture)
+    if getattr(config, "reprune_manifest", None):
+        cls = getattr(modeling_reprune, f"Reprune{architecture}")
+    kwargs: dict[str, Any] = {"dtype": dtype or "auto"}
+    model = cls.from_pretrained(path, config=config, **kwargs)
+    return model.to(device) if device else model

@@ -1,0 +1,36 @@
+"""The baseline criteria every benchmark includes: random, magnitude, Wanda-sp and FLAP."""
+
+from __future__ import annotations
+
+import torch
+
+from reprune.adapters import Depth2Module
+from reprune.criteria import level1_row_norms_sq, level2_weight, per_unit, register
+from reprune.stats import ModuleStats
+
+
+@register("random", description="uniformly random scores (the floor every criterion must beat)")
+def random_score(module: Depth2Module, stats: ModuleStats, generator: torch.Generator) -> torch.Tensor:
+    return torch.rand(module.num_units, generator=generator, dtype=torch.float64)
+
+
+@register("magnitude", description="L2 norm of the unit's level-1 rows times that of its level-2 columns")
+def magnitude_score(module: Depth2Module, stats: ModuleStats, generator: torch.Generator) -> torch.Tensor:
+    columns = per_unit(module, level2_weight(module).pow(2).sum(0))
+    return level1_row_norms_sq(module).sqrt() * columns.sqrt()
+
+
+@register("wanda-sp", description="Wanda-sp: mean over outputs of |W2| · ||x_j|| per level-2 input column")
+def wanda_sp_score(module: Depth2Module, stats: ModuleStats, generator: torch.Generator) -> torch.Tensor:
+    x_norm = stats.level2_in.gram.diagonal().clamp_min(0).sqrt().cpu()
+    per_channel = level2_weight(module).abs().mean(0) * x_norm
+    return per_unit(module, per_channel)
+
+
+@register("flap", description="FLAP fluctuation: Var(x_j) · ||W2[:, j]||² per level-2 input column")
+def flap_score(module: Depth2Module, stats: ModuleStats, generator: torch.Generator) -> torch.Tensor:
+    variance = stats.level2_in.covariance.diagonal().clamp_min(0).cpu()
+    n = stats.level2_in.n
+    variance = variance * n / max(n - 1, 1)  # FLAP uses the sample variance
+    per_channel = variance * level2_weight(module).pow(2).sum(0)
+    return per_unit(module, per_channel)

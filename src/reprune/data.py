@@ -1,0 +1,131 @@
+"""Text corpora and calibration samples.
+
+The library takes any local text/JSON(L) file, the embedded Wikipedia sample that ships inside the
+``gensim`` wheel, or (where a network exists) a Hugging Face dataset name.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import importlib.util
+import json
+from pathlib import Path
+
+import torch
+
+EMBEDDED_WIKI = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+
+
+class CorpusError(ValueError):
+    """The calibration or evaluation corpus cannot be used as given."""
+
+
+def embedded_wikipedia_path() -> Path:
+    """The ~3 MB Wikipedia dump inside the gensim wheel (disjoint from WikiText-2 test)."""
+    spec = importlib.util.find_spec("gensim")
+    if spec is None or spec.origin is None:
+        raise CorpusError("The embedded Wikipedia corpus needs the 'gensim' package: pip install gensim")
+    path = Path(spec.origin).parent / "test" / "test_data" / EMBEDDED_WIKI
+    if not path.exists():
+        raise CorpusError(f"{path} is missing from the gensim installation; reinstall gensim")
+    return path
+
+
+def _wiki_dump_texts(path: Path) -> list[str]:
+    """Article texts of a MediaWiki XML dump with the markup removed (gensim's own parser)."""
+    from gensim.corpora.wikicorpus import extract_pages, filter_wiki
+
+    texts = []
+    with bz2.open(path, "rb") as handle:
+        for _title, text, _pageid in extract_pages(handle):
+            if not text or text.lower().startswith("#redirect"):
+                continue
+            clean = filter_wiki(text).replace("'''", "").replace("''", "")
+            lines = [line.strip() for line in clean.splitlines()]
+            body = "\n".join(line for line in lines if line and not line.startswith(("|", "!", "{", "}")))
+            if len(body) > 200:
+                texts.append(body)
+    return texts
+
+
+def _open_text(path: Path) -> str:
+    opener = gzip.open if path.suffix == ".gz" else bz2.open if path.suffix == ".bz2" else open
+    with opener(path, "rt", encoding="utf-8") as handle:
+        return handle.read()
+
+
+def load_corpus(source: str | Path, text_field: str = "text") -> list[str]:
+    """Documents from ``source``: 'wiki-embedded', a .txt/.raw/.jsonl/.json(.gz) file, a .xml.bz2 wiki
+    dump, or a Hugging Face dataset name ``name[:config[:split]]`` (needs the network)."""
+    if str(source) in ("wiki-embedded", "embedded"):
+        return _wiki_dump_texts(embedded_wikipedia_path())
+    path = Path(source)
+    if path.exists():
+        name = path.name
+        if name.endswith(".xml.bz2") or (name.endswith(".bz2") and "pages-articles" in name):
+            return _wiki_dump_texts(path)
+        raw = _open_text(path)
+        stem = name.removesuffix(".gz").removesuffix(".bz2")
+        if stem.endswith(".jsonl"):
+            rows = [json.loads(line) for line in raw.splitlines() if line.strip()]
+            return [_field(row, text_field, path) for row in rows]
+        if stem.endswith(".json"):
+            data = json.loads(raw)
+            rows = data if isinstance(data, list) else data.get("data", [])
+            return [row if isinstance(row, str) else _field(row, text_field, path) for row in rows]
+        return [raw]
+    if "/" in str(source) or str(source).endswith((".txt", ".raw", ".jsonl", ".json")):
+        raise FileNotFoundError(f"Corpus file not found: {source}. Pass an existing text/JSONL file or 'wiki-embedded'.")
+    return _hf_dataset(str(source), text_field)
+
+
+def _field(row: dict, text_field: str, path: Path) -> str:
+    if text_field not in row:
+        raise CorpusError(f"{path}: rows have no field {text_field!r} (fields: {sorted(row)}); pass --text-field")
+    return str(row[text_field])
+
+
+def _hf_dataset(spec: str, text_field: str) -> list[str]:
+    name, _, rest = spec.partition(":")
+    config, _, split = rest.partition(":")
+    try:
+        import datasets
+    except ImportError as err:
+        raise CorpusError(
+            f"{spec!r} is neither a local file nor loadable: Hugging Face datasets need `pip install datasets` "
+            "and a network. Offline, pass a local text/JSONL file or 'wiki-embedded'."
+        ) from err
+    dataset = datasets.load_dataset(name, config or None, split=split or "train")
+    return [str(t) for t in dataset[text_field]]
+
+
+def calibration_ids(
+    tokenizer,
+    source: str | Path | list[str],
+    num_samples: int = 128,
+    seq_len: int = 128,
+    seed: int = 0,
+) -> torch.Tensor:
+    """``num_samples`` random windows of ``seq_len`` tokens from the corpus (seeded), shape (N, L).
+
+    Documents are joined with the tokenizer's EOS (or a blank line) so windows may span documents, as
+    FLAP/Wanda/SparseGPT sample C4 or WikiText.
+    """
+    if num_samples < 1 or seq_len < 2:
+        raise CorpusError(f"need num_samples ≥ 1 and seq_len ≥ 2 (got {num_samples} × {seq_len})")
+    docs = load_corpus(source) if not isinstance(source, list) else source
+    separator = tokenizer.eos_token or "\n\n"
+    ids = tokenizer(separator.join(docs), return_tensors="pt", add_special_tokens=False).input_ids[0]
+    if ids.numel() <= seq_len:
+        raise CorpusError(
+            f"the calibration corpus has {ids.numel()} tokens, shorter than one sample of {seq_len}; "
+            "use a longer corpus or a smaller --seq-len"
+        )
+    generator = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, ids.numel() - seq_len, (num_samples,), generator=generator)
+    samples = torch.stack([ids[s : s + seq_len] for s in starts.tolist()])
+    if tokenizer.cls_token_id is not None and tokenizer.sep_token_id is not None and tokenizer.bos_token_id is None:
+        samples[:, 0] = tokenizer.cls_token_id  # encoders expect [CLS] ... [SEP]
+        samples[:, -1] = tokenizer.sep_token_id
+    return samples

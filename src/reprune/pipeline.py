@@ -1,0 +1,331 @@
+"""The pruning pipeline: calibrate block by block, score, allocate, recover, reconstruct, shrink.
+
+Block ℓ is calibrated on the outputs of the already pruned and reconstructed blocks 0..ℓ-1 (the pruned
+path). Methods that need the dense model's activations propagate the dense path beside it, one block
+at a time, from a copy of the block taken before it is changed.
+"""
+
+from __future__ import annotations
+
+import copy
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import torch
+import transformers
+from torch import nn
+from tqdm.auto import tqdm
+
+from reprune.adapters import Depth2Module, ModelAdapter, get_adapter
+from reprune.allocation import GqaMode, allocate, check_ratio, module_budget, select_units
+from reprune.calibration import Activations, capture_block_inputs, collect_module_stats, run_block
+from reprune.criteria import get_criterion
+from reprune.reconstruction import ReconstructionInput, get_reconstruction, output_energy, output_error
+from reprune.reconstruction.closed_form import ridge_to_dense
+from reprune.stats import ModuleStats
+
+Targets = Literal["both", "attention", "ffn"]
+
+
+@dataclass
+class PruneConfig:
+    """Every setting of a pruning run; stored verbatim in the report and the checkpoint."""
+
+    ratio: float = 0.3
+    criterion: str = "flap"
+    attention_criterion: str | None = None  # overrides ``criterion`` for heads
+    ffn_criterion: str | None = None  # overrides ``criterion`` for neurons
+    reconstruction: str = "bias"
+    recovery: Literal["none", "goa"] = "none"
+    allocation: Literal["uniform", "global"] = "uniform"
+    targets: Targets = "both"
+    gqa_mode: GqaMode = "query"
+    keep_first: int = 0
+    keep_last: int = 0
+    alpha: float = 1e-2  # relative ridge of LIAR / dense-target
+    recovery_alpha: float = 1e-4  # relative ridge of GOA's greedy recovery
+    num_samples: int = 128
+    seq_len: int = 128
+    batch_size: int = 8
+    seed: int = 0
+    device: str | None = None
+    criterion_options: dict[str, Any] = field(default_factory=dict)
+
+    def criterion_for(self, kind: str) -> str:
+        override = self.attention_criterion if kind == "attention" else self.ffn_criterion
+        return override or self.criterion
+
+    def validate(self, num_blocks: int) -> None:
+        check_ratio(self.ratio)
+        if self.keep_first < 0 or self.keep_last < 0 or self.keep_first + self.keep_last >= num_blocks:
+            raise ValueError(
+                f"keep_first={self.keep_first} and keep_last={self.keep_last} leave no block to prune "
+                f"out of {num_blocks}"
+            )
+        if self.targets not in ("both", "attention", "ffn"):
+            raise ValueError(f"targets must be 'both', 'attention' or 'ffn', not {self.targets!r}")
+        if self.recovery not in ("none", "goa"):
+            raise ValueError(f"recovery must be 'none' or 'goa', not {self.recovery!r}")
+        for kind in ("attention", "ffn"):
+            get_criterion(self.criterion_for(kind))
+        get_reconstruction(self.reconstruction)
+
+
+@dataclass
+class LayerRecord:
+    """What happened to one module: sizes, kept units, output errors and time."""
+
+    block: int
+    kind: str
+    units_before: int
+    units_after: int
+    kept_units: list[int]
+    error_none: float  # relative output error of plain pruning on the calibration rows
+    error: float  # relative output error after the chosen reconstruction
+    seconds_stats: float
+    seconds_solve: float
+
+
+def _default_device(requested: str | None) -> torch.device:
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def prunable_parameters(adapter: ModelAdapter) -> int:
+    """Parameters of all attention and FFN projections of all blocks."""
+    from reprune.allocation import projection_params
+
+    return sum(projection_params(m) for i in range(len(adapter.blocks())) for m in adapter.depth2_modules(i))
+
+
+def _needs(config: PruneConfig, kind: str) -> frozenset[str]:
+    needs = set(get_criterion(config.criterion_for(kind)).needs) | set(get_reconstruction(config.reconstruction).needs)
+    if config.recovery == "goa":
+        needs |= {"level1_cross"}
+    return frozenset(needs)
+
+
+def _uses_dense_path(config: PruneConfig) -> bool:
+    return config.recovery == "goa" or any(
+        n in {"level2_cross", "level1_cross"} for kind in ("attention", "ffn") for n in _needs(config, kind)
+    )
+
+
+def goa_recover(
+    module: Depth2Module,
+    dense_module: Depth2Module,
+    stats: ModuleStats,
+    alpha: float,
+    restat: Callable[[], ModuleStats],
+) -> ModuleStats:
+    """GOA's greedy two-step recovery (Alg. 1, 3, 4): re-fit level 1, then level 2, to the dense outputs.
+
+    Level 1 is fitted on the pruned-path module input against each level-1 layer's dense output (one
+    Gram serves all of them); the level-2 input is then recomputed through the re-fitted level 1
+    (``restat``) and level 2 re-fitted against the dense level-2 output. Returns the new statistics.
+    """
+    cross = stats.level1_cross
+    for part, dense_part in zip(module.level1, dense_module.level1):
+        projection = part.projection
+        if part.offset or any(p.projection.module is projection.module for p in module.level1[: module.level1.index(part)]):
+            continue  # a fused projection (GPT-2 c_attn) is re-fitted once, whole
+        dense_w = dense_part.projection.weight().detach().T.to(torch.float64)
+        dense_b = dense_part.projection.bias()
+        dense_b = None if dense_b is None else dense_b.detach().to(torch.float64)
+        prior = torch.zeros_like(dense_w)
+        weight, bias = ridge_to_dense(cross, None, dense_w, dense_b, prior, alpha, dense_b is not None,
+                                      f"{module.name} {projection.name} (GOA level 1)")
+        projection.replace(weight.T, bias)
+    stats = restat()
+    dense_w = dense_module.level2.weight().detach().T.to(torch.float64)
+    dense_b = dense_module.level2.bias()
+    dense_b = None if dense_b is None else dense_b.detach().to(torch.float64)
+    weight, bias = ridge_to_dense(stats.level2_cross, None, dense_w, dense_b, torch.zeros_like(dense_w), alpha,
+                                  dense_b is not None, f"{module.name} (GOA level 2)")
+    module.level2.replace(weight.T, bias)
+    return restat()
+
+
+def _score_pass(model: nn.Module, adapter: ModelAdapter, acts: Activations, config: PruneConfig,
+                eligible: set[tuple[int, str]], generator: torch.Generator,
+                device: torch.device) -> dict[tuple[int, str], torch.Tensor]:
+    """Scores of every eligible module on the dense model (global allocation needs all layers' scores)."""
+    scores: dict[tuple[int, str], torch.Tensor] = {}
+    blocks = adapter.blocks()
+    for index in tqdm(range(len(blocks)), desc="scoring (global allocation)", leave=False):
+        block = blocks[index]
+        home = next(block.parameters()).device
+        block.to(device)
+        for module in adapter.depth2_modules(index):
+            if (index, module.kind) not in eligible:
+                continue
+            crit = get_criterion(config.criterion_for(module.kind))
+            stats = collect_module_stats(block, module, acts, crit.needs - {"level2_cross", "level1_cross"})
+            scores[(index, module.kind)] = crit.score(module, stats, generator).cpu()
+        acts = run_block(block, acts)
+        block.to(home)
+    return scores
+
+
+@torch.no_grad()
+def prune(
+    model: nn.Module,
+    calibration_ids: torch.Tensor,
+    config: PruneConfig | None = None,
+    progress: bool = True,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Prune ``model`` in place and return it with a report.
+
+    ``calibration_ids`` is an (N, L) tensor of token ids (see :func:`reprune.data.calibration_ids`).
+    """
+    config = config or PruneConfig()
+    adapter = get_adapter(model)
+    blocks = adapter.blocks()
+    config.validate(len(blocks))
+    if calibration_ids.ndim != 2 or calibration_ids.shape[0] == 0:
+        raise ValueError(f"calibration_ids must be a non-empty (samples, tokens) tensor, got {tuple(calibration_ids.shape)}")
+    device = _default_device(config.device)
+    model.eval()
+    model.requires_grad_(False)
+    generator = torch.Generator().manual_seed(config.seed)
+    started = time.perf_counter()
+    params_before = sum(p.numel() for p in model.parameters())
+    prunable_before = prunable_parameters(adapter)
+
+    acts = capture_block_inputs(model, adapter, calibration_ids, config.batch_size, device)
+    two_path = _uses_dense_path(config)
+    dense_acts = acts.clone() if two_path else None
+    seconds_capture = time.perf_counter() - started
+
+    kinds = ("attention", "ffn") if config.targets == "both" else (config.targets,)
+    pruned_blocks = range(config.keep_first, len(blocks) - config.keep_last)
+    budgets = [module_budget(m, config.gqa_mode) for i in range(len(blocks)) for m in adapter.depth2_modules(i)]
+    eligible = {(i, k) for i in pruned_blocks for k in kinds}
+    scores = None
+    if config.allocation == "global" and config.ratio > 0:
+        scores = _score_pass(model, adapter, acts, config, eligible, generator, device)
+    counts = allocate(budgets, config.ratio, config.allocation, eligible, scores)
+
+    records: list[LayerRecord] = []
+    iterator = tqdm(range(len(blocks)), desc="pruning blocks", disable=not progress)
+    for index in iterator:
+        block = blocks[index]
+        home = next(block.parameters()).device
+        block.to(device)
+        dense_block = copy.deepcopy(block) if two_path else None
+        dense_modules = adapter.modules_of(dense_block, index) if dense_block is not None else [None, None]
+        for position, kind in enumerate(("attention", "ffn")):
+            module = adapter.modules_of(block, index)[position]  # re-read: surgery replaced modules
+            n_remove = counts[(index, kind)]
+            if n_remove == 0 and not (config.recovery == "goa" and (index, kind) in eligible):
+                continue
+            records.append(_prune_module(adapter, block, module, dense_block, dense_modules[position],
+                                         acts, dense_acts, n_remove, config, generator))
+        acts = run_block(block, acts)
+        if dense_block is not None:
+            dense_acts = run_block(dense_block, dense_acts)
+        block.to(home)
+        del dense_block
+
+    report = _report(model, adapter, config, records, counts, params_before, prunable_before,
+                     calibration_ids, seconds_capture, time.perf_counter() - started)
+    return model, report
+
+
+def _prune_module(adapter: ModelAdapter, block: nn.Module, module: Depth2Module, dense_block: nn.Module | None,
+                  dense_module: Depth2Module | None, acts: Activations, dense_acts: Activations | None,
+                  n_remove: int, config: PruneConfig, generator: torch.Generator) -> LayerRecord:
+    """Calibrate, (recover,) score, select, reconstruct and shrink one module."""
+    criterion = get_criterion(config.criterion_for(module.kind))
+    reconstruction = get_reconstruction(config.reconstruction)
+    needs = _needs(config, module.kind) | {"level2_cross"} if config.recovery == "goa" else _needs(config, module.kind)
+
+    def restat() -> ModuleStats:
+        return collect_module_stats(block, module, acts, needs, dense_block, dense_module, dense_acts)
+
+    tick = time.perf_counter()
+    stats = restat()
+    seconds_stats = time.perf_counter() - tick
+    if config.recovery == "goa":
+        tick = time.perf_counter()
+        stats = goa_recover(module, dense_module, stats, config.recovery_alpha, restat)
+        seconds_stats += time.perf_counter() - tick
+    scores = criterion.score(module, stats, generator)
+    kept_units = select_units(module, scores, n_remove, config.gqa_mode)
+    kept = module.unit_channels(kept_units)
+    mask = torch.ones(module.num_units * module.unit_width, dtype=torch.bool)
+    mask[kept] = False
+    removed = torch.nonzero(mask).reshape(-1)
+
+    tick = time.perf_counter()
+    dense_w = dense_b = None
+    if dense_module is not None:
+        dense_w = dense_module.level2.weight().detach().T.to(torch.float64)
+        bias = dense_module.level2.bias()
+        dense_b = torch.zeros(dense_w.shape[1], dtype=torch.float64) if bias is None else bias.detach().to(torch.float64)
+    inp = ReconstructionInput(module, kept, removed, stats, config.alpha, dense_w, dense_b)
+    new_weight, new_bias = reconstruction.fn(inp)
+    if not torch.isfinite(new_weight).all() or (new_bias is not None and not torch.isfinite(new_bias).all()):
+        raise FloatingPointError(f"{module.name}: reconstruction produced NaN/Inf weights")
+    full_w, full_b = inp.weight, inp.bias
+    energy = max(output_energy(stats.level2_in, full_w, full_b), 1e-30)
+    plain_bias = full_b if module.level2.bias() is not None else None
+    error_none = output_error(stats.level2_in, full_w, full_b, kept, full_w[kept], plain_bias) / energy
+    error = output_error(stats.level2_in, full_w, full_b, kept, new_weight, new_bias) / energy
+    seconds_solve = time.perf_counter() - tick
+
+    from reprune.surgery import shrink_module
+
+    shrink_module(adapter, module, kept_units, new_weight, new_bias)
+    return LayerRecord(module.block, module.kind, module.num_units, len(kept_units), kept_units.tolist(),
+                       error_none, error, seconds_stats, seconds_solve)
+
+
+def _report(model: nn.Module, adapter: ModelAdapter, config: PruneConfig, records: list[LayerRecord],
+            counts: dict, params_before: int, prunable_before: int, calibration_ids: torch.Tensor,
+            seconds_capture: float, seconds_total: float) -> dict[str, Any]:
+    params_after = sum(p.numel() for p in model.parameters())
+    prunable_after = prunable_parameters(adapter)
+    return {
+        "config": asdict(config),
+        "model_type": model.config.model_type,
+        "architecture": type(model).__name__,
+        "parameters": {
+            "total_before": params_before,
+            "total_after": params_after,
+            "prunable_before": prunable_before,
+            "prunable_after": prunable_after,
+            "ratio_prunable": 1 - prunable_after / prunable_before,
+            "ratio_total": 1 - params_after / params_before,
+        },
+        "layers": [asdict(r) for r in records],
+        "shapes": layer_shapes(adapter),
+        "calibration": {"num_samples": int(calibration_ids.shape[0]), "seq_len": int(calibration_ids.shape[1]),
+                        "seed": config.seed},
+        "timings": {
+            "total_seconds": seconds_total,
+            "capture_seconds": seconds_capture,
+            "stats_seconds": sum(r.seconds_stats for r in records),
+            "solve_seconds": sum(r.seconds_solve for r in records),
+        },
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                     "python": platform.python_version()},
+    }
+
+
+def layer_shapes(adapter: ModelAdapter) -> list[dict[str, int]]:
+    """Per block: query heads, KV heads, head size and FFN width, as they are now."""
+    shapes = []
+    for index in range(len(adapter.blocks())):
+        attention, ffn = adapter.depth2_modules(index)
+        shapes.append({
+            "num_heads": attention.num_units,
+            "num_kv_heads": attention.num_kv_heads,
+            "head_dim": attention.unit_width,
+            "intermediate_size": ffn.num_units,
+        })
+    return shapes

@@ -1,0 +1,105 @@
+"""none, bias (FLAP), liar (least-squares interpolation), dense-target and liar-dense reconstructions."""
+
+from __future__ import annotations
+
+import torch
+
+from reprune.linalg import solve_ridge
+from reprune.reconstruction import ReconstructionInput, Result, register
+from reprune.stats import CrossMoments
+
+
+@register("none", description="plain pruning: drop the removed columns")
+def no_reconstruction(inp: ReconstructionInput) -> Result:
+    bias = inp.module.level2.bias()
+    return inp.weight[inp.kept], None if bias is None else inp.bias
+
+
+@register("bias", description="FLAP's compensation: b' = b + W_mᵀ μ_m")
+def bias_compensation(inp: ReconstructionInput) -> Result:
+    mu = inp.stats.level2_in.mean
+    w = inp.weight
+    return w[inp.kept], inp.bias + w[inp.removed].T @ mu[inp.removed]
+
+
+def liar_interpolation(inp: ReconstructionInput) -> tuple[torch.Tensor, torch.Tensor]:
+    """LIAR's Q and c: X_m ≈ X_u Q + 1 cᵀ by ridge least squares on centred statistics."""
+    moments = inp.stats.level2_in
+    sigma, mu = moments.covariance, moments.mean
+    u, m = inp.kept.to(sigma.device), inp.removed.to(sigma.device)
+    q = solve_ridge(sigma[u][:, u], sigma[u][:, m], inp.alpha, where=inp.module.name)
+    c = mu[m] - q.T @ mu[u]
+    return q, c
+
+
+def liar_weights(inp: ReconstructionInput) -> Result:
+    w = inp.weight
+    if inp.removed.numel() == 0:
+        return w[inp.kept], inp.bias
+    q, c = liar_interpolation(inp)
+    w_m = w[inp.removed]
+    return w[inp.kept] + q @ w_m, inp.bias + w_m.T @ c
+
+
+@register("liar", description="LIAR: W_u' = W_u + Q W_m, b' = b + W_mᵀ c (least-squares interpolation)")
+def liar(inp: ReconstructionInput) -> Result:
+    return liar_weights(inp)
+
+
+def ridge_to_dense(
+    cross: CrossMoments,
+    kept: torch.Tensor | None,
+    dense_weight: torch.Tensor,
+    dense_bias: torch.Tensor | None,
+    prior: torch.Tensor,
+    alpha: float,
+    intercept: bool,
+    where: str,
+) -> Result:
+    """Ridge fit of a dense-path linear output on (kept columns of) pruned-path inputs.
+
+    Minimises ``||X̂_u W + 1bᵀ − (X W_d + 1 b_dᵀ)||² + λ n ||W − prior||²``. With ``intercept`` the
+    statistics are centred and a bias is fitted; without, no bias is fitted (GOA's level-1 form).
+    """
+    device = cross.cross.device
+    u = torch.arange(cross.cross.shape[0], device=device) if kept is None else kept.to(device)
+    dense_w = dense_weight.to(device)
+    dense_b = torch.zeros(dense_w.shape[1], dtype=torch.float64, device=device) if dense_bias is None else dense_bias.to(device)
+    prior = prior.to(device)
+    moments = cross.pruned
+    if intercept:
+        gram = moments.covariance[u][:, u]
+        target = cross.cross_covariance[u] @ dense_w
+    else:
+        gram = moments.second_moment[u][:, u]
+        target = (cross.cross[u] / moments.n) @ dense_w + torch.outer(moments.mean[u], dense_b)
+    delta = solve_ridge(gram, target - gram @ prior, alpha, where=where)
+    weight = prior + delta
+    if not intercept:
+        return weight, None
+    bias = cross.dense_mean @ dense_w + dense_b - moments.mean[u] @ weight
+    return weight, bias
+
+
+def fit_dense_target(inp: ReconstructionInput, prior: torch.Tensor) -> Result:
+    """Fit the dense model's level-2 output from the kept pruned-path channels, shrunk toward ``prior``.
+
+    The intercept absorbs mean shifts and the ridge falls back on ``prior`` where the data say little.
+    """
+    cross = inp.stats.level2_cross
+    if cross is None or inp.dense_weight is None:
+        raise RuntimeError(f"{inp.module.name}: dense-target reconstruction needs the dense path statistics")
+    return ridge_to_dense(cross, inp.kept, inp.dense_weight, inp.dense_bias, prior, inp.alpha, True, inp.module.name)
+
+
+@register("dense-target", needs={"level2_cross"},
+          description="fit the dense model's output from the kept pruned-path channels (beyond the paper)")
+def dense_target(inp: ReconstructionInput) -> Result:
+    return fit_dense_target(inp, prior=inp.weight[inp.kept])
+
+
+@register("liar-dense", needs={"level2_cross"},
+          description="dense-target fit shrunk toward the LIAR solution instead of the pruned weights")
+def liar_dense(inp: ReconstructionInput) -> Result:
+    prior, _ = liar_weights(inp)
+    return fit_dense_target(inp, prior=prior)

@@ -1,0 +1,95 @@
+"""Running sufficient statistics over token rows, accumulated in float64 and never storing the rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Moments:
+    """Count, sum and Gram of the rows of X: ``n``, ``s = X^T 1``, ``G = X^T X`` (float64)."""
+
+    n: int = 0
+    sum: torch.Tensor | None = None
+    gram: torch.Tensor | None = None
+
+    def update(self, rows: torch.Tensor) -> None:
+        """Add a (..., d) batch of rows; NaN or Inf activations are a hard error (the model is broken)."""
+        x = rows.reshape(-1, rows.shape[-1]).to(torch.float64)
+        if not torch.isfinite(x).all():
+            raise FloatingPointError(
+                "NaN or Inf in calibration activations: the model overflows on the calibration text. "
+                "Load it in float32 (or bfloat16 instead of float16), or check the input model's weights."
+            )
+        if self.sum is None:
+            self.sum = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+            self.gram = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
+        self.n += x.shape[0]
+        self.sum += x.sum(0)
+        self.gram += x.T @ x
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.sum / self.n
+
+    @property
+    def second_moment(self) -> torch.Tensor:
+        """E[x x^T] (uncentred)."""
+        return self.gram / self.n
+
+    @property
+    def covariance(self) -> torch.Tensor:
+        """Population covariance Σ = G/n − μ μ^T."""
+        mu = self.mean
+        return self.gram / self.n - torch.outer(mu, mu)
+
+
+@dataclass
+class CrossMoments:
+    """Statistics of two aligned row sets: the pruned path X̂ and the dense path X of the same tokens.
+
+    Holds the Moments of X̂, the sum of X and the cross-Gram ``C = X̂^T X``: enough for any ridge
+    regression of a dense-path linear output on pruned-path inputs.
+    """
+
+    pruned: Moments = field(default_factory=Moments)
+    dense_sum: torch.Tensor | None = None
+    cross: torch.Tensor | None = None
+
+    def update(self, pruned_rows: torch.Tensor, dense_rows: torch.Tensor) -> None:
+        self.pruned.update(pruned_rows)
+        y = dense_rows.reshape(-1, dense_rows.shape[-1]).to(torch.float64)
+        x = pruned_rows.reshape(-1, pruned_rows.shape[-1]).to(torch.float64)
+        if self.cross is None:
+            self.dense_sum = torch.zeros(y.shape[1], dtype=torch.float64, device=y.device)
+            self.cross = torch.zeros(x.shape[1], y.shape[1], dtype=torch.float64, device=y.device)
+        self.dense_sum += y.sum(0)
+        self.cross += x.T @ y
+
+    @property
+    def dense_mean(self) -> torch.Tensor:
+        return self.dense_sum / self.pruned.n
+
+    @property
+    def cross_covariance(self) -> torch.Tensor:
+        """Cov(X̂, X) = C/n − μ̂ μ^T."""
+        return self.cross / self.pruned.n - torch.outer(self.pruned.mean, self.dense_mean)
+
+
+@dataclass
+class ModuleStats:
+    """Everything calibration gathered for one depth-2 module; fields stay None when no method asked.
+
+    - ``level2_in``: the level-2 layer's input on the pruned path (full width, before pruning).
+    - ``level1_in``: the module's input (after the norm) on the pruned path.
+    - ``level2_cross`` / ``level1_cross``: the same rows paired with the dense path (two-path methods).
+    - ``head_divergence``: (heads × heads) mean Jensen–Shannon divergence of attention rows.
+    """
+
+    level2_in: Moments = field(default_factory=Moments)
+    level1_in: Moments | None = None
+    level2_cross: CrossMoments | None = None
+    level1_cross: CrossMoments | None = None
+    head_divergence: torch.Tensor | None = None

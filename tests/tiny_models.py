@@ -1,0 +1,67 @@
+"""Tiny randomly initialised models of every supported family, built from configs (no downloads)."""
+
+from __future__ import annotations
+
+import torch
+import transformers
+from torch import nn
+
+VOCAB = 128
+
+
+def tiny_config(family: str) -> transformers.PretrainedConfig:
+    if family == "llama":  # GQA: 4 query heads over 2 KV heads
+        return transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
+                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                        tie_word_embeddings=False)
+    if family == "llama-mha":
+        return transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64)
+    if family == "mistral":
+        return transformers.MistralConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    if family == "qwen2":
+        return transformers.Qwen2Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    if family == "bert":
+        return transformers.BertConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                       num_attention_heads=4, max_position_embeddings=64)
+    if family == "gpt2":
+        return transformers.GPT2Config(vocab_size=VOCAB, n_embd=32, n_inner=48, n_layer=2, n_head=4, n_positions=64)
+    if family == "opt":
+        return transformers.OPTConfig(vocab_size=VOCAB, hidden_size=32, ffn_dim=48, num_hidden_layers=2,
+                                      num_attention_heads=4, max_position_embeddings=64, word_embed_proj_dim=32)
+    raise ValueError(family)
+
+
+MODEL_CLASSES = {
+    "llama": transformers.LlamaForCausalLM,
+    "llama-mha": transformers.LlamaForCausalLM,
+    "mistral": transformers.MistralForCausalLM,
+    "qwen2": transformers.Qwen2ForCausalLM,
+    "bert": transformers.BertModel,
+    "gpt2": transformers.GPT2LMHeadModel,
+    "opt": transformers.OPTForCausalLM,
+}
+FAMILIES = list(MODEL_CLASSES)
+
+
+def tiny_model(family: str, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = MODEL_CLASSES[family](tiny_config(family))
+    with torch.no_grad():  # random biases, so bias handling is exercised
+        for module in model.modules():
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                module.bias.normal_(0, 0.02)
+    return model.eval()
+
+
+def calibration_batch(num_samples: int = 16, seq_len: int = 16, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(4, VOCAB, (num_samples, seq_len), generator=generator)
+
+
+def model_output(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    return out.logits if hasattr(out, "logits") and out.logits is not None else out.last_hidden_state
