@@ -1,0 +1,83 @@
+"""Shared benchmark plumbing: resumable JSON-lines results, peak-memory sampling, tables and plots."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def rss_bytes() -> int:
+    """Current resident set size of this process (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+@contextmanager
+def peak_memory(device: str) -> Iterator[dict[str, float]]:
+    """Peak memory above the starting level while the block runs: CUDA allocator or sampled RSS."""
+    result: dict[str, float] = {}
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        start = torch.cuda.memory_allocated()
+        yield result
+        result["peak_mib"] = (torch.cuda.max_memory_allocated() - start) / 2**20
+        return
+    start, peak, stop = rss_bytes(), [0], threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], rss_bytes())
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield result
+    finally:
+        stop.set()
+        thread.join()
+        result["peak_mib"] = max(peak[0] - start, 0) / 2**20
+
+
+class ResultLog:
+    """Append-only JSON-lines results keyed by run name, so an interrupted benchmark resumes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.rows: dict[str, dict[str, Any]] = {}
+        if path.exists():
+            for line in path.read_text().splitlines():
+                if line.strip():
+                    row = json.loads(line)
+                    self.rows[row["name"]] = row
+
+    def run(self, name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        if name in self.rows:
+            return self.rows[name]
+        row = {"name": name, **fn()}
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(row) + "\n")
+        self.rows[name] = row
+        return row
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> str:
+    """Rows as a Markdown table; ``columns`` are (header, key, format)."""
+    lines = ["| " + " | ".join(h for h, _, _ in columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for row in rows:
+        cells = []
+        for _, key, fmt in columns:
+            value = row.get(key)
+            cells.append("–" if value is None else fmt.format(value))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,165 @@
+"""SmolLM2-135M pruning benchmark: criterion × reconstruction × ratio × allocation.
+
+Prints a Markdown table of WikiText-2 test perplexity (lengths 128 and 512, on the first
+``--eval-tokens`` tokens), achieved ratio, pruning wall time, peak memory and the time of one plain
+forward pass over the same calibration data (the lower bound of our cost); writes a PNG of perplexity
+vs ratio. Calibration text is the embedded Wikipedia sample (disjoint from WikiText-2 test).
+Results accumulate in a JSON-lines file so an interrupted run resumes where it stopped.
+
+    python benchmarks/smollm2_pruning.py --ratios 0.2,0.5 --criteria magnitude,wanda-sp,flap \
+        --reconstructions none,bias,liar
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from benchmarks.common import ResultLog, markdown_table, peak_memory
+from reprune.data import calibration_ids
+from reprune.evaluation import perplexity, read_text_file
+from reprune.models import shared_data_dir, smollm2_path
+from reprune.pipeline import PruneConfig, prune
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def _split(text: str, cast=str) -> list:
+    return [cast(x) for x in text.split(",") if x]
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ratios", default="0.2,0.5", type=lambda s: _split(s, float))
+    p.add_argument("--criteria", default="random,magnitude,wanda-sp,flap", type=_split)
+    p.add_argument("--reconstructions", default="none,bias", type=_split)
+    p.add_argument("--allocations", default="uniform", type=_split)
+    p.add_argument("--recoveries", default="none", type=_split, help="none and/or goa")
+    p.add_argument("--presets", default="", type=_split, help="also run these presets (goa, liar) at each ratio")
+    p.add_argument("--targets", default="both", choices=["both", "attention", "ffn"])
+    p.add_argument("--calib", default="wiki-embedded", help="'wiki-embedded' or 'self-generated'")
+    p.add_argument("--calib-samples", type=int, default=128)
+    p.add_argument("--calib-len", type=int, default=128)
+    p.add_argument("--eval-tokens", type=int, default=16384, help="first N tokens of WikiText-2 test")
+    p.add_argument("--eval-lens", default="128,512", type=lambda s: _split(s, int))
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--tag", default="smollm2", help="results file name")
+    return p.parse_args()
+
+
+def evaluate(model: torch.nn.Module, tokenizer: Any, text: str, args: argparse.Namespace) -> dict[str, float]:
+    out = {}
+    for length in args.eval_lens:
+        r = perplexity(model, tokenizer, text, seq_len=length, batch_size=8,
+                       max_windows=args.eval_tokens // length, device=args.device)
+        out[f"ppl{length}"] = r["ppl"]
+    return out
+
+
+def main() -> None:
+    args = parse_args()
+    torch.manual_seed(0)
+    folder = smollm2_path()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    dense = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    text = read_text_file(shared_data_dir() / "wikitext-2-raw" / "canonical" / "wiki.test.raw")
+    cal_tag = f"{args.calib}-{args.calib_samples}x{args.calib_len}"
+    if args.calib == "self-generated":
+        from reprune.selfgen import self_generated_ids
+
+        ids = self_generated_ids(dense, tokenizer, args.calib_samples, args.calib_len, seed=0, device=args.device)
+    else:
+        ids = calibration_ids(tokenizer, args.calib, args.calib_samples, args.calib_len, seed=0)
+    log = ResultLog(RESULTS / f"{args.tag}.jsonl")
+
+    def forward_time() -> dict[str, Any]:
+        base = copy.deepcopy(dense).to(args.device).base_model
+        start = time.perf_counter()
+        with torch.inference_mode():
+            for i in range(0, ids.shape[0], 8):
+                base(input_ids=ids[i : i + 8].to(args.device))
+        return {"forward_seconds": time.perf_counter() - start}
+
+    lower_bound = log.run(f"forward-{cal_tag}-{args.device}", forward_time)["forward_seconds"]
+    rows = [log.run(f"dense-{args.eval_tokens}", lambda: {"method": "dense", "ratio": 0.0, "achieved": 0.0,
+                                                          **evaluate(dense, tokenizer, text, args)})]
+
+    def run_config(label: str, config: PruneConfig) -> dict[str, Any]:
+        def job() -> dict[str, Any]:
+            model = copy.deepcopy(dense)
+            with peak_memory(args.device) as mem:
+                start = time.perf_counter()
+                model, report = prune(model, ids, config, progress=False)
+                seconds = time.perf_counter() - start
+            return {"method": label, "ratio": config.ratio, "achieved": report["parameters"]["ratio_prunable"],
+                    "achieved_total": report["parameters"]["ratio_total"], "prune_seconds": seconds,
+                    "solve_seconds": report["timings"]["solve_seconds"], "peak_mib": mem["peak_mib"],
+                    **evaluate(model, tokenizer, text, args)}
+
+        return log.run(f"{label}-r{config.ratio}-{cal_tag}-{args.targets}-{args.eval_tokens}", job)
+
+    grid = itertools.product(args.ratios, args.allocations, args.criteria, args.reconstructions, args.recoveries)
+    for ratio, allocation, criterion, reconstruction, recovery in grid:
+        label = f"{allocation}/{criterion}/{reconstruction}" + ("/goa-recovery" if recovery == "goa" else "")
+        config = PruneConfig(ratio=ratio, criterion=criterion, reconstruction=reconstruction, recovery=recovery,
+                             allocation=allocation, targets=args.targets, num_samples=args.calib_samples,
+                             seq_len=args.calib_len, device=args.device)
+        print(f"running {label} at {ratio:.0%} …", flush=True)
+        rows.append(run_config(label, config))
+    for ratio, preset in itertools.product(args.ratios, args.presets):
+        from reprune.presets import preset_config
+
+        config = preset_config(preset, ratio=ratio, num_samples=args.calib_samples, seq_len=args.calib_len,
+                               targets=args.targets, device=args.device)
+        print(f"running preset {preset} at {ratio:.0%} …", flush=True)
+        rows.append(run_config(f"preset:{preset}", config))
+
+    for row in rows:
+        row["cost_vs_forward"] = row["prune_seconds"] / lower_bound if "prune_seconds" in row else None
+    columns = [("method", "method", "{}"), ("ratio", "ratio", "{:.0%}"), ("achieved", "achieved", "{:.1%}"),
+               ("of all params", "achieved_total", "{:.1%}")]
+    columns += [(f"ppl@{n}", f"ppl{n}", "{:.2f}") for n in args.eval_lens]
+    columns += [("prune s", "prune_seconds", "{:.1f}"), ("solve s", "solve_seconds", "{:.2f}"),
+                ("× forward", "cost_vs_forward", "{:.1f}"), ("peak MiB", "peak_mib", "{:.0f}")]
+    print(f"\nSmolLM2-135M, calibration {cal_tag}, WikiText-2 test first {args.eval_tokens} tokens, "
+          f"targets={args.targets}, device={args.device}; one forward pass over the calibration data: "
+          f"{lower_bound:.1f} s\n")
+    print(markdown_table(rows, columns))
+    plot(rows, RESULTS / f"{args.tag}-ppl-vs-ratio.png", max(args.eval_lens))
+
+
+def plot(rows: list[dict[str, Any]], path: Path, length: int) -> None:
+    """Perplexity vs ratio, one line per method (log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dense = next((r[f"ppl{length}"] for r in rows if r["method"] == "dense"), None)
+    methods = sorted({r["method"] for r in rows if r["method"] != "dense"})
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for method in methods:
+        points = sorted((r["achieved"], r[f"ppl{length}"]) for r in rows if r["method"] == method)
+        if dense is not None:
+            points = [(0.0, dense)] + points
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=method)
+    ax.set_yscale("log")
+    ax.set_xlabel("fraction of prunable parameters removed")
+    ax.set_ylabel(f"WikiText-2 perplexity (length {length})")
+    ax.set_title("SmolLM2-135M: structured pruning without retraining")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"plot: {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,241 @@
+"""Command line: a thin layer over the library (``reprune prune | eval | demo | report``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from reprune.adapters import UnsupportedArchitectureError
+from reprune.criteria import CRITERIA
+from reprune.data import CorpusError
+from reprune.reconstruction import RECONSTRUCTIONS
+
+BUNDLED_MODELS = ("smollm2", "minilm")
+
+
+def resolve_model_dir(name: str) -> Path:
+    """A folder, or a bundled model name: ``smollm2`` (SmolLM2-135M) or ``minilm`` (all-MiniLM-L6-v2)."""
+    from reprune.models import minilm_path, smollm2_path
+
+    if name == "smollm2":
+        return smollm2_path()
+    if name == "minilm":
+        return minilm_path()
+    path = Path(name)
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"Model folder not found: {name}. Pass a local Hugging Face folder (config.json + weights) "
+            f"or one of the bundled models: {', '.join(BUNDLED_MODELS)}"
+        )
+    return path
+
+
+def load_model(name: str, dtype: str = "auto", device: str | None = None) -> tuple[Any, Any, Path]:
+    """Model, tokenizer and folder for ``name`` (any reprune or Hugging Face checkpoint)."""
+    from transformers import AutoTokenizer
+
+    from reprune.checkpoint import load
+
+    folder = resolve_model_dir(name)
+    torch_dtype: Any = dtype if dtype == "auto" else getattr(torch, dtype)
+    model = load(folder, dtype=torch_dtype, device=device)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    return model, tokenizer, folder
+
+
+def _add_prune_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="model folder, or 'smollm2' / 'minilm' (bundled)")
+    parser.add_argument("--out", required=True, help="output folder (written atomically)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--method", choices=["goa", "liar"], help="a paper's full configuration (overridable)")
+    parser.add_argument("--ratio", type=float, default=0.3, help="fraction of prunable parameters to remove")
+    parser.add_argument("--criterion", choices=sorted(CRITERIA), help="unit scores (default flap)")
+    parser.add_argument("--attention-criterion", choices=sorted(CRITERIA))
+    parser.add_argument("--ffn-criterion", choices=sorted(CRITERIA))
+    parser.add_argument("--reconstruct", choices=sorted(RECONSTRUCTIONS), help="level-2 repair (default bias)")
+    parser.add_argument("--recovery", choices=["none", "goa"], help="GOA's greedy pre-pruning recovery")
+    parser.add_argument("--allocation", choices=["uniform", "global"])
+    parser.add_argument("--targets", choices=["both", "attention", "ffn"])
+    parser.add_argument("--gqa-mode", choices=["query", "group"])
+    parser.add_argument("--keep-first", type=int, help="leave the first k blocks dense")
+    parser.add_argument("--keep-last", type=int, help="leave the last k blocks dense")
+    parser.add_argument("--alpha", type=float, help="relative ridge of LIAR / dense-target (default 1e-2)")
+    parser.add_argument("--tau", type=float, help="head-similarity threshold (JS divergence)")
+    parser.add_argument("--calib", default="wiki-embedded",
+                        help="calibration text: 'wiki-embedded', 'self-generated', a .txt/.jsonl file or a HF dataset")
+    parser.add_argument("--text-field", default="text", help="JSON field holding the text")
+    parser.add_argument("--num-samples", type=int)
+    parser.add_argument("--seq-len", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    parser.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto (the checkpoint's)")
+
+
+def build_config(args: argparse.Namespace):
+    """PruneConfig from a preset (if any) and the explicitly given options."""
+    from reprune.pipeline import PruneConfig
+
+    overrides = {
+        "ratio": args.ratio, "criterion": args.criterion, "attention_criterion": args.attention_criterion,
+        "ffn_criterion": args.ffn_criterion, "reconstruction": args.reconstruct, "recovery": args.recovery,
+        "allocation": args.allocation, "targets": args.targets, "gqa_mode": args.gqa_mode,
+        "keep_first": args.keep_first, "keep_last": args.keep_last, "alpha": args.alpha,
+        "num_samples": args.num_samples, "seq_len": args.seq_len, "batch_size": args.batch_size,
+        "seed": args.seed, "device": args.device,
+    }
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if args.tau is not None:
+        overrides["criterion_options"] = {"tau": args.tau}
+    if args.method:
+        from reprune.presets import preset_config
+
+        return preset_config(args.method, **overrides)
+    return PruneConfig(**overrides)
+
+
+def calibration_for(args: argparse.Namespace, config, model, tokenizer) -> torch.Tensor:
+    from reprune.data import calibration_ids
+
+    if args.calib == "self-generated":
+        from reprune.selfgen import self_generated_ids
+
+        return self_generated_ids(model, tokenizer, config.num_samples, config.seq_len, config.seed,
+                                  device=config.device)
+    source = args.calib
+    if args.text_field != "text":
+        from reprune.data import load_corpus
+
+        source = load_corpus(args.calib, text_field=args.text_field)
+    return calibration_ids(tokenizer, source, config.num_samples, config.seq_len, config.seed)
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from reprune.checkpoint import check_output_dir, save_pruned
+    from reprune.pipeline import prune
+
+    check_output_dir(args.out, args.overwrite)  # fail before any work
+    config = build_config(args)
+    model, tokenizer, folder = load_model(args.model, args.dtype)
+    ids = calibration_for(args, config, model, tokenizer)
+    model, report = prune(model, ids, config)
+    report["input_model"] = str(folder)
+    report["calibration"]["source"] = args.calib
+    out = save_pruned(model, tokenizer, args.out, report, overwrite=args.overwrite)
+    p = report["parameters"]
+    print(f"pruned {p['ratio_prunable']:.1%} of prunable parameters ({p['ratio_total']:.1%} of all: "
+          f"{p['total_before']:,} → {p['total_after']:,}) in {report['timings']['total_seconds']:.1f} s")
+    print(f"saved to {out}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from reprune import evaluation
+
+    model, tokenizer, folder = load_model(args.model, args.dtype, args.device)
+    results: dict[str, Any] = {"model": str(folder), "parameters": sum(p.numel() for p in model.parameters()),
+                               "bytes_on_disk": evaluation.directory_size(folder)}
+    if args.ppl:
+        text = evaluation.read_text_file(args.ppl)
+        for seq_len in args.seq_len:
+            r = evaluation.perplexity(model, tokenizer, text, seq_len=seq_len, batch_size=args.batch_size,
+                                      max_windows=args.max_windows, device=args.device)
+            results[f"ppl@{seq_len}"] = r
+            print(f"perplexity ({Path(args.ppl).name}, length {seq_len}): {r['ppl']:.3f}")
+    if args.tasks:
+        tasks = [t for t in args.tasks.split(",") if t]
+        results["tasks"] = evaluation.evaluate_tasks(model, tokenizer, tasks, limit=args.limit,
+                                                     batch_size=args.batch_size, device=args.device)
+        for name, r in results["tasks"].items():
+            print(f"{name}: " + ", ".join(f"{k}={v:.4f}" for k, v in r.items() if isinstance(v, float)))
+    if args.sts:
+        results["sts"] = evaluation.sts_spearman(model, tokenizer, device=args.device, limit=args.limit)
+        print(f"STS-B dev Spearman: {results['sts']['spearman']:.4f}")
+    if args.speed:
+        results["speed"] = evaluation.measure_speed(model, tokenizer, batch_size=args.speed_batch,
+                                                    prompt_len=args.speed_len, device=args.device)
+        print("speed: " + ", ".join(f"{k}={v:.4g}" for k, v in results["speed"].items() if isinstance(v, (int, float))))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, default=str))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from reprune.demo import run_demo
+
+    run_demo(ratio=args.ratio, reconstruction=args.reconstruct, out=args.out, device=args.device)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from reprune.report import write_report
+
+    paths = write_report(args.run_dir)
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="reprune", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    prune_p = sub.add_parser("prune", help="prune a model and save a smaller checkpoint")
+    _add_prune_args(prune_p)
+    prune_p.set_defaults(func=cmd_prune)
+
+    eval_p = sub.add_parser("eval", help="perplexity, zero-shot tasks, STS-B and speed of a checkpoint")
+    eval_p.add_argument("--model", required=True)
+    eval_p.add_argument("--ppl", help="text file for perplexity (e.g. WikiText-2 test)")
+    eval_p.add_argument("--seq-len", type=lambda s: [int(x) for x in s.split(",")], default=[512],
+                        help="comma-separated window lengths, e.g. 128,2048")
+    eval_p.add_argument("--max-windows", type=int, help="evaluate only the first N windows")
+    eval_p.add_argument("--tasks", help="comma-separated zero-shot tasks, e.g. piqa,arc_easy")
+    eval_p.add_argument("--limit", type=int, help="first N items per task")
+    eval_p.add_argument("--sts", action="store_true", help="STS-B dev Spearman (encoders)")
+    eval_p.add_argument("--speed", action="store_true", help="prefill/decode latency and throughput")
+    eval_p.add_argument("--speed-batch", type=int, default=1)
+    eval_p.add_argument("--speed-len", type=int, default=128)
+    eval_p.add_argument("--batch-size", type=int, default=8)
+    eval_p.add_argument("--device")
+    eval_p.add_argument("--dtype", default="auto")
+    eval_p.add_argument("--json", help="also write the results to this JSON file")
+    eval_p.set_defaults(func=cmd_eval)
+
+    demo_p = sub.add_parser("demo", help="prune the bundled SmolLM2-135M and print before/after quality")
+    demo_p.add_argument("--ratio", type=float, default=0.3)
+    demo_p.add_argument("--reconstruct", default="bias", choices=sorted(RECONSTRUCTIONS))
+    demo_p.add_argument("--out", default="runs/demo-smollm2")
+    demo_p.add_argument("--device")
+    demo_p.set_defaults(func=cmd_demo)
+
+    report_p = sub.add_parser("report", help="write a Markdown/HTML report of a run folder")
+    report_p.add_argument("run_dir")
+    report_p.set_defaults(func=cmd_report)
+    return parser
+
+
+KNOWN_ERRORS = (FileNotFoundError, FileExistsError, ValueError, CorpusError, UnsupportedArchitectureError,
+                FloatingPointError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    started = time.perf_counter()
+    try:
+        code = args.func(args)
+    except KNOWN_ERRORS as err:
+        print(f"reprune {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    print(f"done in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
