@@ -161,8 +161,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         results["speed"] = evaluation.measure_speed(model, tokenizer, batch_size=args.speed_batch,
                                                     prompt_len=args.speed_len, device=args.device)
         print("speed: " + ", ".join(f"{k}={v:.4g}" for k, v in results["speed"].items() if isinstance(v, (int, float))))
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2, default=str))
+    target = Path(args.json) if args.json else None
+    if target is None and (folder / "reprune_report.json").exists():
+        target = folder / "reprune_eval.json"  # beside the checkpoint, where `reprune report` looks
+    if target is not None:
+        target.write_text(json.dumps(results, indent=2, default=str))
+        print(f"results written to {target}")
     return 0
 
 
@@ -205,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     eval_p.add_argument("--batch-size", type=int, default=8)
     eval_p.add_argument("--device")
     eval_p.add_argument("--dtype", default="auto")
-    eval_p.add_argument("--json", help="also write the results to this JSON file")
+    eval_p.add_argument("--json", help="write the results here (default: <checkpoint>/reprune_eval.json for "
+                        "reprune checkpoints; use <run_dir>/dense_eval.json for the dense baseline)")
     eval_p.set_defaults(func=cmd_eval)
 
     demo_p = sub.add_parser("demo", help="prune the bundled SmolLM2-135M and print before/after quality")
