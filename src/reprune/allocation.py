@@ -76,6 +76,11 @@ def _legal(count: float, budget: ModuleBudget, rounding: Literal["nearest", "dow
     return max(0, min(steps_int * budget.step, budget.max_remove))
 
 
+def legal_count(module: Depth2Module, count: int, gqa_mode: GqaMode) -> int:
+    """The legal removal count nearest ``count`` (GQA step, at least one unit left), for a criterion's own count."""
+    return _legal(count, module_budget(module, gqa_mode), "nearest")
+
+
 def check_ratio(ratio: float) -> None:
     if not (0.0 <= ratio < 1.0):
         raise ValueError(f"ratio must be in [0, 1), the fraction of prunable parameters to remove; got {ratio}")
@@ -138,25 +143,29 @@ def _global(pool: list[ModuleBudget], target: float, counts: dict,
         z = (s - s.mean()) / s.std().clamp_min(1e-12) if s.numel() > 1 else torch.zeros_like(s)
         ranked.extend((float(v), b) for v in z)
     ranked.sort(key=lambda item: item[0])
+    has_ffn = any(b.kind == "ffn" for b in pool)
     spent = 0.0
     for _, b in ranked:
         if spent >= target:
             break
-        if counts[b.key] < b.max_remove:
-            counts[b.key] += 1
-            spent += b.unit_cost
-    has_ffn = any(b.kind == "ffn" for b in pool)
+        if counts[b.key] >= b.max_remove:
+            continue
+        if has_ffn and b.kind == "attention" and spent + b.unit_cost > target:
+            continue  # a head would overshoot the budget by up to a head; neurons fill the rest finely
+        counts[b.key] += 1
+        spent += b.unit_cost
     for b in pool:  # make head counts legal, then refill the budget with neurons in rank order
         if b.kind == "attention":
             legal = _legal(counts[b.key], b, "down" if has_ffn else "nearest")
             spent += (legal - counts[b.key]) * b.unit_cost
             counts[b.key] = legal
     for _, b in ranked:
+        if b.kind != "ffn" or counts[b.key] >= b.max_remove:
+            continue  # only neurons refill (a head's larger cost must not end the refill early)
         if spent >= target - 0.5 * b.unit_cost:
             break
-        if b.kind == "ffn" and counts[b.key] < b.max_remove:
-            counts[b.key] += 1
-            spent += b.unit_cost
+        counts[b.key] += 1
+        spent += b.unit_cost
     return counts
 
 

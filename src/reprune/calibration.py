@@ -7,7 +7,9 @@ forward hooks into running float64 sums (:mod:`reprune.stats`), never by storing
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +17,7 @@ import torch
 from torch import nn
 
 from reprune.adapters import Depth2Module, ModelAdapter, block_output
-from reprune.stats import CrossMoments, Moments, ModuleStats
+from reprune.stats import CrossMoments, Moments, ModuleStats, head_divergence_sum
 
 
 class _StopForward(Exception):
@@ -56,6 +58,24 @@ def _to_device(value: Any, device: torch.device) -> Any:
     return value
 
 
+@contextmanager
+def attention_implementation(config: Any, implementation: str | None) -> Iterator[None]:
+    """Temporarily set a transformers config's attention implementation (``None``: leave it alone).
+
+    Attention modules and mask builders read ``config._attn_implementation`` at every call, so this
+    switches a loaded model (e.g. to ``"eager"``, the only one returning attention probabilities).
+    """
+    if implementation is None:
+        yield
+        return
+    previous = config._attn_implementation
+    config._attn_implementation = implementation
+    try:
+        yield
+    finally:
+        config._attn_implementation = previous
+
+
 @torch.inference_mode()
 def capture_block_inputs(
     model: nn.Module,
@@ -63,27 +83,36 @@ def capture_block_inputs(
     input_ids: torch.Tensor,
     batch_size: int,
     device: torch.device,
+    attn_implementation: str | None = None,
 ) -> Activations:
-    """Run the model's embedding part over the calibration samples and keep block 0's inputs."""
+    """Run the model's embedding part over the calibration samples and keep block 0's inputs.
+
+    ``attn_implementation="eager"`` makes the model build explicit additive attention masks, which
+    both eager and SDPA attention accept; SDPA alone may pass no mask (implicitly causal), which
+    eager attention would read as "attend everywhere".
+    """
     blocks = adapter.blocks()
     move_outside_blocks(model, blocks, device)
     captured = Activations([], [])
+    # GPT-2 and BERT pass the attention mask positionally: keep positional arguments by name
+    names = list(inspect.signature(blocks[0].forward).parameters)
 
     def grab(_module: nn.Module, args: tuple, kwargs: dict) -> None:
-        hidden = args[0] if args else kwargs.pop("hidden_states")
-        kwargs = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+        named = {**dict(zip(names, args)), **kwargs}
+        hidden = named.pop(names[0]) if args else named.pop("hidden_states")
         captured.hidden.append(hidden.detach())
-        captured.kwargs.append({k: _to_device(v, device) for k, v in kwargs.items()})
+        captured.kwargs.append({k: _to_device(v, device) for k, v in named.items()})
         raise _StopForward
 
     handle = blocks[0].register_forward_pre_hook(grab, with_kwargs=True)
     try:
-        for start in range(0, input_ids.shape[0], batch_size):
-            batch = input_ids[start : start + batch_size].to(device)
-            try:
-                model(input_ids=batch, attention_mask=torch.ones_like(batch), use_cache=False)
-            except _StopForward:
-                pass
+        with attention_implementation(model.config, attn_implementation):
+            for start in range(0, input_ids.shape[0], batch_size):
+                batch = input_ids[start : start + batch_size].to(device)
+                try:
+                    model(input_ids=batch, attention_mask=torch.ones_like(batch), use_cache=False)
+                except _StopForward:
+                    pass
     finally:
         handle.remove()
     return captured
@@ -98,22 +127,36 @@ def run_block(block: nn.Module, acts: Activations) -> Activations:
 
 @torch.inference_mode()
 def _capture(block: nn.Module, module: Depth2Module, hidden: torch.Tensor, kwargs: dict,
-             want_level1: bool, extra_hooks: list[tuple[nn.Module, Callable]] | None = None) -> dict[str, Any]:
-    """One forward of ``block`` stopping at the module's level-2 layer; returns its inputs."""
+             want_level1: bool, want_attention: bool = False) -> dict[str, Any]:
+    """One forward of ``block`` stopping once the module's level-2 input (and, with ``want_attention``,
+    the attention module's probabilities, ``attention_probs``) were seen; returns them."""
     found: dict[str, Any] = {}
+    wanted = {"level2_in", "attention_probs"} if want_attention else {"level2_in"}
+
+    def stop_when_done() -> None:
+        if wanted <= found.keys():
+            raise _StopForward
 
     def level1_hook(_m: nn.Module, args: tuple) -> None:
         found.setdefault("level1_in", args[0].detach())
 
     def level2_hook(_m: nn.Module, args: tuple) -> None:
         found["level2_in"] = args[0].detach()
-        raise _StopForward
+        stop_when_done()
+
+    def attention_hook(_m: nn.Module, _args: tuple, output: Any) -> None:
+        # attention modules return (attn_output, attn_weights); the weights are probabilities under eager
+        if not isinstance(output, tuple) or len(output) < 2 or output[1] is None:
+            raise RuntimeError(f"{module.name}: the attention module returned no attention probabilities; "
+                               "it must follow transformers' attention interface and run eagerly")
+        found["attention_probs"] = output[1].detach()
+        stop_when_done()
 
     handles = [module.level2.module.register_forward_pre_hook(level2_hook)]
     if want_level1:
         handles.append(module.level1[0].projection.module.register_forward_pre_hook(level1_hook))
-    for target, hook in extra_hooks or []:
-        handles.append(target.register_forward_hook(lambda m, a, o, hook=hook: hook(found, o)))
+    if want_attention:  # parent may contain level 2 (LLaMA o_proj) or precede it (BERT): stop after both
+        handles.append(module.parent.register_forward_hook(attention_hook))
     try:
         block(hidden, **kwargs)
     except _StopForward:
@@ -121,8 +164,9 @@ def _capture(block: nn.Module, module: Depth2Module, hidden: torch.Tensor, kwarg
     finally:
         for h in handles:
             h.remove()
-    if "level2_in" not in found:
-        raise RuntimeError(f"{module.name}: the level-2 layer was never called; the adapter does not match the model")
+    if not wanted <= found.keys():
+        raise RuntimeError(f"{module.name}: {sorted(wanted - found.keys())} never captured; "
+                           "the adapter does not match the model")
     return found
 
 
@@ -134,13 +178,12 @@ def collect_module_stats(
     dense_block: nn.Module | None = None,
     dense_module: Depth2Module | None = None,
     dense: Activations | None = None,
-    extra: Callable[[ModuleStats, dict, dict | None], None] | None = None,
-    extra_hooks: Callable[[nn.Module, Depth2Module], list] | None = None,
 ) -> ModuleStats:
     """Accumulate the statistics ``needs`` asks for over all calibration batches.
 
     Names in ``needs``: ``level1_in``, ``level2_cross``, ``level1_cross`` (the last two need the dense
-    path). ``extra``/``extra_hooks`` let a method capture more (e.g. attention probabilities).
+    path) and ``head_divergence`` (pruned path; the block runs with eager attention meanwhile, and its
+    inputs must carry explicit masks: ``capture_block_inputs(..., attn_implementation="eager")``).
     """
     two_path = bool({"level2_cross", "level1_cross"} & needs)
     if two_path and (dense_block is None or dense is None or dense_module is None):
@@ -153,13 +196,21 @@ def collect_module_stats(
         stats.level2_cross = CrossMoments(pruned=stats.level2_in)
     if "level1_cross" in needs:
         stats.level1_cross = CrossMoments(pruned=stats.level1_in)
+    want_attention = "head_divergence" in needs
+    if want_attention:
+        _check_explicit_masks(module, pruned)
+    divergence_sum: torch.Tensor | float = 0.0
+    divergence_rows = 0
     for i, (hidden, kwargs) in enumerate(zip(pruned.hidden, pruned.kwargs)):
-        hooks = extra_hooks(block, module) if extra_hooks else None
-        got = _capture(block, module, hidden, kwargs, want_level1, hooks)
+        with attention_implementation(module.parent.config, "eager") if want_attention else nullcontext():
+            got = _capture(block, module, hidden, kwargs, want_level1, want_attention)
+        if want_attention:  # reduce this batch's probabilities at once; only the (H, H) sum is kept
+            probs = got.pop("attention_probs")
+            divergence_sum = divergence_sum + head_divergence_sum(probs)
+            divergence_rows += probs.shape[0] * probs.shape[2]
         dense_got = None
         if two_path:
-            dense_hooks = extra_hooks(dense_block, dense_module) if extra_hooks else None
-            dense_got = _capture(dense_block, dense_module, dense.hidden[i], dense.kwargs[i], want_level1, dense_hooks)
+            dense_got = _capture(dense_block, dense_module, dense.hidden[i], dense.kwargs[i], want_level1)
         if stats.level2_cross is not None:
             stats.level2_cross.update(got["level2_in"], dense_got["level2_in"])
         else:
@@ -168,6 +219,15 @@ def collect_module_stats(
             stats.level1_cross.update(got["level1_in"], dense_got["level1_in"])
         elif stats.level1_in is not None:
             stats.level1_in.update(got["level1_in"])
-        if extra is not None:
-            extra(stats, got, dense_got)
+    if want_attention:
+        stats.head_divergence = divergence_sum / divergence_rows
     return stats
+
+
+def _check_explicit_masks(module: Depth2Module, acts: Activations) -> None:
+    """Eager attention is only causal through its mask: refuse inputs captured without one."""
+    if getattr(module.parent, "is_causal", False) and any(kw.get("attention_mask") is None for kw in acts.kwargs):
+        raise RuntimeError(
+            f"{module.name}: attention probabilities need an explicit causal mask, but the block inputs were "
+            "captured without one; capture them with capture_block_inputs(..., attn_implementation='eager')"
+        )

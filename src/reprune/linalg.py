@@ -7,6 +7,7 @@ import warnings
 import torch
 
 MAX_RETRIES = 6
+MIN_RETRY_ALPHA = 1e-10  # first retry when the caller asked for no ridge at all (α = 0)
 
 
 class IllConditionedWarning(UserWarning):
@@ -41,7 +42,7 @@ def solve_ridge(gram: torch.Tensor, rhs: torch.Tensor, alpha: float, where: str)
                         stacklevel=2,
                     )
                 return solution
-        current *= 10.0
+        current = current * 10.0 if current > 0 else MIN_RETRY_ALPHA  # 10 × 0 would retry the same system
     raise FloatingPointError(
         f"{where}: the least-squares system could not be solved even with ridge α={current:g}; "
         "the calibration statistics are degenerate (check for NaN weights or an empty calibration set)."

@@ -11,7 +11,7 @@ import copy
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 import torch
@@ -20,7 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from reprune.adapters import Depth2Module, ModelAdapter, get_adapter
-from reprune.allocation import GqaMode, allocate, check_ratio, module_budget, select_units
+from reprune.allocation import GqaMode, allocate, check_ratio, legal_count, module_budget, select_units
 from reprune.calibration import Activations, capture_block_inputs, collect_module_stats, run_block
 from reprune.criteria import get_criterion
 from reprune.reconstruction import ReconstructionInput, get_reconstruction, output_energy, output_error
@@ -52,11 +52,26 @@ class PruneConfig:
     batch_size: int = 8
     seed: int = 0
     device: str | None = None
-    criterion_options: dict[str, Any] = field(default_factory=dict)
+    criterion_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"tau": 0.1} for head-similarity
+    clip_keep: bool = False  # presets: shrink keep_first/keep_last so that a small model keeps a block to prune
 
     def criterion_for(self, kind: str) -> str:
         override = self.attention_criterion if kind == "attention" else self.ffn_criterion
         return override or self.criterion
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The module kinds this run prunes."""
+        return ("attention", "ffn") if self.targets == "both" else (self.targets,)
+
+    def fitted(self, num_blocks: int) -> PruneConfig:
+        """This config for a model of ``num_blocks`` blocks: with ``clip_keep``, keep_first/keep_last are
+        reduced (keep_first first) until at least one block is pruned."""
+        if not self.clip_keep:
+            return self
+        keep_last = min(self.keep_last, num_blocks - 1)
+        keep_first = min(self.keep_first, num_blocks - 1 - keep_last)
+        return replace(self, keep_first=keep_first, keep_last=keep_last)
 
     def validate(self, num_blocks: int) -> None:
         check_ratio(self.ratio)
@@ -70,7 +85,14 @@ class PruneConfig:
         if self.recovery not in ("none", "goa"):
             raise ValueError(f"recovery must be 'none' or 'goa', not {self.recovery!r}")
         for kind in ("attention", "ffn"):
-            get_criterion(self.criterion_for(kind))
+            criterion = get_criterion(self.criterion_for(kind))
+            if kind in self.kinds and kind not in criterion.kinds:
+                option = "attention_criterion" if kind == "attention" else "ffn_criterion"
+                raise ValueError(
+                    f"criterion {criterion.name!r} cannot score {kind} units (only "
+                    f"{'/'.join(sorted(criterion.kinds))}); set {option} to another criterion "
+                    "(e.g. 'second-moment') or change targets"
+                )
         get_reconstruction(self.reconstruction)
 
 
@@ -112,6 +134,14 @@ def _needs(config: PruneConfig, kind: str) -> frozenset[str]:
 def _uses_dense_path(config: PruneConfig) -> bool:
     return config.recovery == "goa" or any(
         n in {"level2_cross", "level1_cross"} for kind in ("attention", "ffn") for n in _needs(config, kind)
+    )
+
+
+def _always_processed(config: PruneConfig, kind: str) -> bool:
+    """Modules processed even with no units allotted: GOA recovery, or a criterion that may choose its own
+    count from the options it was given (head-similarity's τ)."""
+    return config.recovery == "goa" or (
+        get_criterion(config.criterion_for(kind)).count is not None and bool(config.criterion_options)
     )
 
 
@@ -185,6 +215,7 @@ def prune(
     config = config or PruneConfig()
     adapter = get_adapter(model)
     blocks = adapter.blocks()
+    config = config.fitted(len(blocks))
     config.validate(len(blocks))
     if calibration_ids.ndim != 2 or calibration_ids.shape[0] == 0:
         raise ValueError(f"calibration_ids must be a non-empty (samples, tokens) tensor, got {tuple(calibration_ids.shape)}")
@@ -196,15 +227,17 @@ def prune(
     params_before = sum(p.numel() for p in model.parameters())
     prunable_before = prunable_parameters(adapter)
 
-    acts = capture_block_inputs(model, adapter, calibration_ids, config.batch_size, device)
+    # attention probabilities come from eager attention, which needs the explicit masks it builds
+    wants_probabilities = any("head_divergence" in _needs(config, kind) for kind in config.kinds)
+    acts = capture_block_inputs(model, adapter, calibration_ids, config.batch_size, device,
+                                attn_implementation="eager" if wants_probabilities else None)
     two_path = _uses_dense_path(config)
     dense_acts = acts.clone() if two_path else None
     seconds_capture = time.perf_counter() - started
 
-    kinds = ("attention", "ffn") if config.targets == "both" else (config.targets,)
     pruned_blocks = range(config.keep_first, len(blocks) - config.keep_last)
     budgets = [module_budget(m, config.gqa_mode) for i in range(len(blocks)) for m in adapter.depth2_modules(i)]
-    eligible = {(i, k) for i in pruned_blocks for k in kinds}
+    eligible = {(i, k) for i in pruned_blocks for k in config.kinds}
     scores = None
     if config.allocation == "global" and config.ratio > 0:
         scores = _score_pass(model, adapter, acts, config, eligible, generator, device)
@@ -221,7 +254,7 @@ def prune(
         for position, kind in enumerate(("attention", "ffn")):
             module = adapter.modules_of(block, index)[position]  # re-read: surgery replaced modules
             n_remove = counts[(index, kind)]
-            if n_remove == 0 and not (config.recovery == "goa" and (index, kind) in eligible):
+            if n_remove == 0 and not ((index, kind) in eligible and _always_processed(config, kind)):
                 continue
             records.append(_prune_module(adapter, block, module, dense_block, dense_modules[position],
                                          acts, dense_acts, n_remove, config, generator))
@@ -255,6 +288,10 @@ def _prune_module(adapter: ModelAdapter, block: nn.Module, module: Depth2Module,
         stats = goa_recover(module, dense_module, stats, config.recovery_alpha, restat)
         seconds_stats += time.perf_counter() - tick
     scores = criterion.score(module, stats, generator)
+    if criterion.count is not None:  # e.g. head-similarity's threshold τ replaces the allocated count
+        wanted = criterion.count(module, stats, config.criterion_options)
+        if wanted is not None:
+            n_remove = legal_count(module, wanted, config.gqa_mode)
     kept_units = select_units(module, scores, n_remove, config.gqa_mode)
     kept = module.unit_channels(kept_units)
     mask = torch.ones(module.num_units * module.unit_width, dtype=torch.bool)

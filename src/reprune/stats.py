@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -93,3 +94,34 @@ class ModuleStats:
     level2_cross: CrossMoments | None = None
     level1_cross: CrossMoments | None = None
     head_divergence: torch.Tensor | None = None
+
+
+def entropy(p: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy (natural log) over the last dimension; zero probabilities contribute 0."""
+    return -torch.special.xlogy(p, p).sum(-1)
+
+
+def js_divergence(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Textbook Jensen–Shannon divergence over the last dimension, natural log, in [0, ln 2]."""
+    p, q = p.to(torch.float64), q.to(torch.float64)
+    js = entropy(0.5 * (p + q)) - 0.5 * (entropy(p) + entropy(q))
+    return js.clamp(0.0, math.log(2.0))  # rounding only
+
+
+def head_divergence_sum(probs: torch.Tensor, max_elements: int = 1 << 24) -> torch.Tensor:
+    """(H, H) sum over all query rows of the JS divergence between the heads' attention rows.
+
+    ``probs`` is (batch, heads, queries, keys). Query rows go in chunks of about ``max_elements``
+    (rows × heads × keys, float64) so no (heads × heads × rows × keys) tensor is ever built.
+    """
+    heads, keys = probs.shape[1], probs.shape[-1]
+    rows = probs.transpose(0, 1).reshape(heads, -1, keys)  # (H, batch·queries, keys)
+    chunk = max(1, max_elements // (heads * keys))
+    total = torch.zeros(heads, heads, dtype=torch.float64, device=probs.device)
+    for start in range(0, rows.shape[1], chunk):
+        p = rows[:, start : start + chunk].to(torch.float64)
+        own = entropy(p)  # (H, rows), shared by every pair
+        for i in range(heads):
+            js = entropy(0.5 * (p[i : i + 1] + p)) - 0.5 * (own[i : i + 1] + own)
+            total[i] += js.clamp(0.0, math.log(2.0)).sum(-1)
+    return total

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -15,6 +16,9 @@ from reprune.adapters import Depth2Module
 from reprune.stats import ModuleStats
 
 ScoreFn = Callable[[Depth2Module, ModuleStats, torch.Generator], torch.Tensor]
+# how many units a criterion wants removed, from its options (e.g. a threshold); None: use the allocation's
+CountFn = Callable[[Depth2Module, ModuleStats, dict[str, Any]], int | None]
+ALL_KINDS = frozenset({"attention", "ffn"})
 
 
 @dataclass(frozen=True)
@@ -23,16 +27,23 @@ class Criterion:
     score: ScoreFn
     needs: frozenset[str] = field(default_factory=frozenset)
     description: str = ""
+    kinds: frozenset[str] = ALL_KINDS  # module kinds the criterion can score
+    count: CountFn | None = None
 
 
 CRITERIA: dict[str, Criterion] = {}
 
 
-def register(name: str, needs: set[str] | None = None, description: str = "") -> Callable[[ScoreFn], ScoreFn]:
-    """Decorator adding a score function to the registry under ``name``."""
+def register(name: str, needs: set[str] | None = None, description: str = "", kinds: set[str] | None = None,
+             count: CountFn | None = None) -> Callable[[ScoreFn], ScoreFn]:
+    """Decorator adding a score function to the registry under ``name``.
+
+    ``kinds`` limits it to attention or FFN modules; ``count`` lets it choose how many units go.
+    """
 
     def wrap(fn: ScoreFn) -> ScoreFn:
-        CRITERIA[name] = Criterion(name, fn, frozenset(needs or ()), description or (fn.__doc__ or "").strip())
+        CRITERIA[name] = Criterion(name, fn, frozenset(needs or ()), description or (fn.__doc__ or "").strip(),
+                                   frozenset(kinds) if kinds else ALL_KINDS, count)
         return fn
 
     return wrap
@@ -53,18 +64,19 @@ def level1_row_norms_sq(module: Depth2Module) -> torch.Tensor:
     """Squared L2 norm of all level-1 rows feeding each unit (KV rows shared by their query heads)."""
     total = torch.zeros(module.num_units, dtype=torch.float64)
     for part in module.level1:
-        w = part.projection.weight().detach().to(torch.float64)
-        for unit in range(module.num_units):
-            rows = module.level1_rows(part, [unit])
-            total[unit] += w[rows].pow(2).sum()
+        w = part.projection.weight().detach().to("cpu", torch.float64)
+        groups = module.num_kv_heads if part.per_kv_head else module.num_units
+        rows = w[part.offset : part.offset + groups * module.unit_width]
+        per_group = rows.reshape(groups, -1).pow(2).sum(1)
+        total += per_group.repeat_interleave(module.heads_per_kv) if part.per_kv_head else per_group
     return total
 
 
 def level2_weight(module: Depth2Module) -> torch.Tensor:
-    """Level-2 weight as (out, inner channels), float64."""
-    return module.level2.weight().detach().to(torch.float64)
+    """Level-2 weight as (out, inner channels), float64, on the CPU (scores are small)."""
+    return module.level2.weight().detach().to("cpu", torch.float64)
 
 
-from reprune.criteria import baselines, second_moment  # noqa: E402,F401  (registration side effects)
+from reprune.criteria import baselines, head_similarity, second_moment  # noqa: E402,F401  (registration side effects)
 
 __all__ = ["CRITERIA", "Criterion", "get_criterion", "per_unit", "register"]

@@ -28,14 +28,14 @@ def second_moment_scores(module: Depth2Module, sigma: torch.Tensor | None) -> to
     sigma = None if sigma is None else sigma.to(torch.float64).cpu()
     if module.kind == "ffn":
         terms = [
-            _quadratic_forms(p.projection.weight().detach().to(torch.float64), sigma) for p in module.level1
+            _quadratic_forms(p.projection.weight().detach().to("cpu", torch.float64), sigma) for p in module.level1
         ]
         if module.gated:
             gate, up = terms
             return per_unit(module, out_sq * gate * up)
         return per_unit(module, 0.5 * out_sq * terms[0])
     value_part = module.level1[2]  # attention: q, k, v — the value rows carry the head's output
-    value_weight = value_part.projection.weight().detach().to(torch.float64)
+    value_weight = value_part.projection.weight().detach().to("cpu", torch.float64)
     # every query head reads the value rows of its KV head (itself when there is no GQA)
     channel_rows = torch.cat([module.level1_rows(value_part, [h]) for h in range(module.num_units)])
     value_term = _quadratic_forms(value_weight[channel_rows], sigma)

@@ -1,0 +1,73 @@
+"""Each paper's own configuration, so ``--method goa`` / ``--method liar`` reproduce its setting.
+
+``goa`` — J. Li, Y. Dong, Q. Lei, "Greedy Output Approximation: Towards Efficient Structured Pruning for
+LLMs Without Retraining", arXiv 2407.19126 (CPAL 2025):
+
+- ``attention_criterion="head-similarity"``: one head of each pair with similar attention (§3.2.2,
+  Alg. 2); the count comes from the ratio (the k most similar pairs), or from ``criterion_options=
+  {"tau": τ}`` (heads marked below τ).
+- ``ffn_criterion="second-moment"``: the data-dependent second-moment metric (§3.2.3).
+- ``recovery="goa"``, ``recovery_alpha=1e-4``: greedy two-step recovery of every pruned module before
+  scoring (Alg. 1, 3, 4), with the ridge of the authors' code.
+- ``reconstruction="none"``: removed units get no compensation in the paper.
+- ``keep_first=4``, ``keep_last=1``: blocks 0-3 and the last stay dense (their LLaMA-7B setting, after
+  LLM-Pruner); ``clip_keep`` lowers them on models too small for that.
+- ``num_samples=16``, ``seq_len=128``: 16 calibration samples of 128 tokens; uniform allocation.
+
+``liar`` — P. Wang et al., "Reconstruct the Pruned Model without Any Retraining", arXiv 2407.13331
+(IEEE J-STSP 2025). LIAR repairs the pruning of any criterion; FLAP's is the one used here:
+
+- ``criterion="flap"``: fluctuation ``Var(x_j) · ||W[:, j]||²``.
+- ``reconstruction="liar"``, ``alpha=1e-2``: least-squares interpolation of the removed channels,
+  ``W_u' = W_u + Q W_m``, ``b' = b + W_mᵀ c`` (METHODS.md's ridge [choice]).
+- ``allocation="uniform"``: the same fraction of heads and neurons in every block; no block kept dense.
+- ``num_samples=128``, ``seq_len=128``: 128 calibration samples of 128 tokens.
+
+Any field can still be overridden: ``preset_config("goa", ratio=0.5, criterion_options={"tau": 0.1})``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any
+
+from reprune.pipeline import PruneConfig
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "goa": {  # GOA, arXiv 2407.19126: see the module docstring for each field's source
+        "criterion": "second-moment",
+        "attention_criterion": "head-similarity",
+        "ffn_criterion": "second-moment",
+        "recovery": "goa",
+        "recovery_alpha": 1e-4,
+        "reconstruction": "none",
+        "allocation": "uniform",
+        "keep_first": 4,
+        "keep_last": 1,
+        "clip_keep": True,
+        "num_samples": 16,
+        "seq_len": 128,
+    },
+    "liar": {  # LIAR, arXiv 2407.13331
+        "criterion": "flap",
+        "reconstruction": "liar",
+        "alpha": 1e-2,
+        "recovery": "none",
+        "allocation": "uniform",
+        "keep_first": 0,
+        "keep_last": 0,
+        "num_samples": 128,
+        "seq_len": 128,
+    },
+}
+
+
+def preset_config(name: str, **overrides: Any) -> PruneConfig:
+    """A :class:`PruneConfig` with preset ``name``'s fields, then ``overrides`` (e.g. ratio, device)."""
+    if name not in PRESETS:
+        raise ValueError(f"Unknown preset {name!r}; choose one of: {', '.join(sorted(PRESETS))}")
+    known = {f.name for f in fields(PruneConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise TypeError(f"unknown PruneConfig field(s) {', '.join(unknown)}; valid fields: {', '.join(sorted(known))}")
+    return PruneConfig(**{**PRESETS[name], **overrides})

@@ -1,0 +1,11 @@
+"""Test-wide settings: unit tests on tiny models run fastest single-threaded; integration tests use both cores."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _threads(request: pytest.FixtureRequest) -> None:
+    torch.set_num_threads(2 if request.node.get_closest_marker("integration") else 1)
