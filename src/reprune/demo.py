@@ -19,7 +19,7 @@ from reprune.models import shared_data_dir, smollm2_path
 from reprune.pipeline import PruneConfig, prune
 
 HELD_OUT_ARTICLES = 16
-EVAL_WINDOWS = 64
+EVAL_WINDOWS = 32
 EVAL_SEQ_LEN = 512
 
 
@@ -47,7 +47,7 @@ def run_demo(ratio: float = 0.3, reconstruction: str = "bias", out: str | Path =
     tokenizer = AutoTokenizer.from_pretrained(folder)
     articles = load_corpus("wiki-embedded")
     text, text_name = _evaluation_text(articles)
-    config = PruneConfig(ratio=ratio, criterion="flap", reconstruction=reconstruction, num_samples=128,
+    config = PruneConfig(ratio=ratio, criterion="flap", reconstruction=reconstruction, num_samples=64,
                          seq_len=128, device=device)
     ids = calibration_ids(tokenizer, articles[:-HELD_OUT_ARTICLES], config.num_samples, config.seq_len, config.seed)
 
@@ -59,7 +59,7 @@ def run_demo(ratio: float = 0.3, reconstruction: str = "bias", out: str | Path =
     after = _measure(pruned, tokenizer, text, saved, device)
 
     print(f"\nPruned {report['parameters']['ratio_prunable']:.1%} of attention+FFN parameters "
-          f"(flap criterion, {reconstruction} reconstruction, 128×128 calibration tokens of embedded Wikipedia) "
+          f"(flap criterion, {reconstruction} reconstruction, {config.num_samples}×{config.seq_len} calibration tokens of embedded Wikipedia) "
           f"in {report['timings']['total_seconds']:.1f} s; saved to {saved}")
     print(f"Perplexity on {text_name}, first {EVAL_WINDOWS} windows of {EVAL_SEQ_LEN} tokens.\n")
     rows = [("perplexity", "ppl", "{:.2f}"), ("parameters", "params", "{:,}"), ("size on disk (MiB)", "mb", "{:.1f}"),
