@@ -76,9 +76,9 @@ def test_mean_pooling_ignores_padding(minilm_tokenizer) -> None:
 @pytest.mark.integration
 @needs_glue
 def test_sts_spearman_high_for_minilm_low_for_random(minilm, random_minilm, minilm_tokenizer) -> None:
-    dense = sts_spearman(minilm, minilm_tokenizer, limit=120, progress=False)
-    random = sts_spearman(random_minilm, minilm_tokenizer, limit=120, progress=False)
-    assert dense["n"] == 120
+    dense = sts_spearman(minilm, minilm_tokenizer, limit=100, progress=False)
+    random = sts_spearman(random_minilm, minilm_tokenizer, limit=100, progress=False)
+    assert dense["n"] == 100
     assert dense["spearman"] > 0.7
     assert random["spearman"] < 0.5  # word overlap alone still gives a random encoder about 0.35
     assert dense["spearman"] - random["spearman"] > 0.3
@@ -88,26 +88,14 @@ def test_sts_spearman_high_for_minilm_low_for_random(minilm, random_minilm, mini
 @needs_glue
 def test_stsb_probe_deterministic_and_falls_to_chance(minilm, random_minilm, minilm_tokenizer) -> None:
     train, dev = GLUE / "STS-B" / "train.tsv", GLUE / "STS-B" / "dev.tsv"
-    columns = ("sentence1", "sentence2")
-    probe = fit_probe(minilm, minilm_tokenizer, train, columns, stsb_label, seed=0, max_train=200, progress=False)
-    again = fit_probe(minilm, minilm_tokenizer, train, columns, stsb_label, seed=0, max_train=200, progress=False)
-    logistic, logistic_again = probe.classifier[-1], again.classifier[-1]
-    np.testing.assert_array_equal(logistic.coef_, logistic_again.coef_)
-    np.testing.assert_array_equal(logistic.intercept_, logistic_again.intercept_)
-    dense = score_probe(probe, minilm, minilm_tokenizer, dev, limit=120, progress=False)
-    assert dense == score_probe(again, minilm, minilm_tokenizer, dev, limit=120, progress=False)
-    assert (dense["n_train"], dense["n_dev"]) == (200, 120)
-    random = score_probe(probe, random_minilm, minilm_tokenizer, dev, limit=120, progress=False)
+    probe = fit_probe(minilm, minilm_tokenizer, train, ("sentence1", "sentence2"), stsb_label, seed=0, max_train=150,
+                      progress=False)
+    dense = score_probe(probe, minilm, minilm_tokenizer, dev, limit=100, progress=False)
+    assert (dense["n_train"], dense["n_dev"]) == (150, 100)
+    # A second, independent run (the stsb_probe wrapper refits from scratch) gives the same result.
+    assert stsb_probe(minilm, minilm, minilm_tokenizer, seed=0, max_train=150, limit=100, progress=False) == dense
+    random = score_probe(probe, random_minilm, minilm_tokenizer, dev, limit=100, progress=False)
     majority = dense["majority_rate"]
     assert dense["accuracy"] > majority + 0.15
     assert random["accuracy"] < dense["accuracy"] - 0.15
     assert 1 - majority - 0.1 <= random["accuracy"] <= majority + 0.1  # between always-minority and always-majority
-
-
-@pytest.mark.integration
-@needs_glue
-def test_stsb_probe_wrapper_equals_fit_then_score(minilm, minilm_tokenizer) -> None:
-    probe = fit_probe(minilm, minilm_tokenizer, GLUE / "STS-B" / "train.tsv", ("sentence1", "sentence2"), stsb_label,
-                      seed=1, max_train=60, progress=False)
-    expected = score_probe(probe, minilm, minilm_tokenizer, GLUE / "STS-B" / "dev.tsv", limit=40, progress=False)
-    assert stsb_probe(minilm, minilm, minilm_tokenizer, seed=1, max_train=60, limit=40, progress=False) == expected
