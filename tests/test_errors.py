@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -100,7 +102,7 @@ def test_bad_sample_shape(tokenizer, num_samples, seq_len):
 
 def test_missing_corpus_file(tokenizer, tmp_path):
     missing = tmp_path / "no" / "such" / "corpus.txt"
-    with pytest.raises(FileNotFoundError, match=str(missing).replace(".", r"\.")):
+    with pytest.raises(FileNotFoundError, match=re.escape(str(missing))):
         calibration_ids(tokenizer, missing, num_samples=4, seq_len=16)
     with pytest.raises(FileNotFoundError, match="corpus.txt"):
         load_corpus(str(missing))

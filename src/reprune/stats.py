@@ -17,19 +17,24 @@ class Moments:
     gram: torch.Tensor | None = None
 
     def update(self, rows: torch.Tensor) -> None:
-        """Add a (..., d) batch of rows; NaN or Inf activations are a hard error (the model is broken)."""
-        x = rows.reshape(-1, rows.shape[-1]).to(torch.float64)
+        """Add a (..., d) batch of rows; NaN or Inf activations are a hard error (the model is broken).
+
+        One batch's Gram is formed in float32 (a few thousand rows: rounding ~1e-7 relative, far below
+        the ridge) and the running sums are kept in float64, so long calibration runs do not drift.
+        """
+        x = rows.reshape(-1, rows.shape[-1])
         if not torch.isfinite(x).all():
             raise FloatingPointError(
                 "NaN or Inf in calibration activations: the model overflows on the calibration text. "
                 "Load it in float32 (or bfloat16 instead of float16), or check the input model's weights."
             )
+        x = x.to(torch.float32) if x.dtype != torch.float64 else x
         if self.sum is None:
             self.sum = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
             self.gram = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
         self.n += x.shape[0]
-        self.sum += x.sum(0)
-        self.gram += x.T @ x
+        self.sum += x.sum(0, dtype=torch.float64)
+        self.gram += (x.T @ x).to(torch.float64)
 
     @property
     def mean(self) -> torch.Tensor:
@@ -61,13 +66,15 @@ class CrossMoments:
 
     def update(self, pruned_rows: torch.Tensor, dense_rows: torch.Tensor) -> None:
         self.pruned.update(pruned_rows)
-        y = dense_rows.reshape(-1, dense_rows.shape[-1]).to(torch.float64)
-        x = pruned_rows.reshape(-1, pruned_rows.shape[-1]).to(torch.float64)
+        y = dense_rows.reshape(-1, dense_rows.shape[-1])
+        x = pruned_rows.reshape(-1, pruned_rows.shape[-1])
+        y = y.to(torch.float32) if y.dtype != torch.float64 else y
+        x = x.to(y.dtype)
         if self.cross is None:
             self.dense_sum = torch.zeros(y.shape[1], dtype=torch.float64, device=y.device)
             self.cross = torch.zeros(x.shape[1], y.shape[1], dtype=torch.float64, device=y.device)
-        self.dense_sum += y.sum(0)
-        self.cross += x.T @ y
+        self.dense_sum += y.sum(0, dtype=torch.float64)
+        self.cross += (x.T @ y).to(torch.float64)
 
     @property
     def dense_mean(self) -> torch.Tensor:
