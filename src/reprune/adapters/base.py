@@ -7,7 +7,7 @@ only, so a new architecture is one adapter file.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -149,9 +149,21 @@ class ModelAdapter:
         raise NotImplementedError
 
 
+    # config key of the FFN width, for families whose config derives the head size from the hidden size
+    ffn_config_key: ClassVar[str] = ""
+
     def plain_config_updates(self, layer_shapes: list[dict[str, int]]) -> dict[str, Any] | None:
-        """Config keys that describe a uniformly pruned model to plain transformers, or None if impossible."""
-        return None
+        """Config keys that describe a uniformly pruned model to plain transformers, or None if impossible.
+
+        By default only the FFN width can be stated: the head size is hidden_size / num_heads, so any
+        head pruning needs the manifest.
+        """
+        first = layer_shapes[0]
+        if any(shape != first for shape in layer_shapes) or not self.ffn_config_key:
+            return None
+        if first["num_heads"] * first["head_dim"] != self.model.config.hidden_size:
+            return None
+        return {self.ffn_config_key: first["intermediate_size"]}
 
     def bias_config_updates(self) -> dict[str, Any]:
         """Config keys that make plain transformers build the biases that reconstruction added."""
@@ -160,6 +172,26 @@ class ModelAdapter:
     def materialise_bias_partners(self, module: Depth2Module) -> None:
         """Give sibling projections zero biases when the config's bias flag covers them too (LLaMA)."""
 
+
+
+def qkv_attention(parent: nn.Module, names: tuple[str, str, str], level2: Projection, block_index: int,
+                  head_dim: int) -> Depth2Module:
+    """Attention with separate q/k/v projections (KV heads read off the k projection's width)."""
+    q, k, v = names
+    return Depth2Module(
+        kind="attention",
+        block=block_index,
+        parent=parent,
+        level1=[
+            Level1Part(Projection(parent, q)),
+            Level1Part(Projection(parent, k), per_kv_head=True),
+            Level1Part(Projection(parent, v), per_kv_head=True),
+        ],
+        level2=level2,
+        num_units=getattr(parent, q).out_features // head_dim,
+        unit_width=head_dim,
+        num_kv_heads=getattr(parent, k).out_features // head_dim,
+    )
 
 
 def block_output(output: Any) -> torch.Tensor:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from torch import nn
 
 from reprune.adapters.base import Depth2Module, Level1Part, ModelAdapter, Projection
@@ -13,6 +11,7 @@ class GPT2Adapter(ModelAdapter):
     """``h[i].attn.c_attn`` (q|k|v sections), ``attn.c_proj``, ``mlp.c_fc`` and ``mlp.c_proj``."""
 
     model_types = ("gpt2",)
+    ffn_config_key = "n_inner"
 
     def blocks(self) -> nn.ModuleList:
         return self.model.base_model.h
@@ -49,11 +48,3 @@ class GPT2Adapter(ModelAdapter):
 
     def attention_attributes(self, num_heads: int, num_kv_heads: int, head_dim: int) -> dict[str, int]:
         return {"num_heads": num_heads, "split_size": num_heads * head_dim}
-
-    def plain_config_updates(self, layer_shapes: list[dict[str, int]]) -> dict[str, Any] | None:
-        first = layer_shapes[0]
-        if any(shape != first for shape in layer_shapes):
-            return None
-        if first["num_heads"] * first["head_dim"] != self.model.config.hidden_size:
-            return None  # GPT-2 derives head_dim from n_embd: pruned heads need the manifest
-        return {"n_inner": first["intermediate_size"]}

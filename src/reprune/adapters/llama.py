@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from reprune.adapters.base import Depth2Module, Level1Part, ModelAdapter, Projection
+from reprune.adapters.base import Depth2Module, Level1Part, ModelAdapter, Projection, qkv_attention
 
 
 class LlamaAdapter(ModelAdapter):
@@ -20,21 +20,8 @@ class LlamaAdapter(ModelAdapter):
 
     def modules_of(self, layer: nn.Module, block_index: int) -> list[Depth2Module]:
         attn, mlp = layer.self_attn, layer.mlp
-        head_dim = attn.head_dim
-        attention = Depth2Module(
-            kind="attention",
-            block=block_index,
-            parent=attn,
-            level1=[
-                Level1Part(Projection(attn, "q_proj")),
-                Level1Part(Projection(attn, "k_proj"), per_kv_head=True),
-                Level1Part(Projection(attn, "v_proj"), per_kv_head=True),
-            ],
-            level2=Projection(attn, "o_proj"),
-            num_units=attn.q_proj.out_features // head_dim,
-            unit_width=head_dim,
-            num_kv_heads=attn.k_proj.out_features // head_dim,
-        )
+        attention = qkv_attention(attn, ("q_proj", "k_proj", "v_proj"), Projection(attn, "o_proj"),
+                                  block_index, attn.head_dim)
         ffn = Depth2Module(
             kind="ffn",
             block=block_index,
