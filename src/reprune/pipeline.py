@@ -20,12 +20,21 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from reprune.adapters import Depth2Module, ModelAdapter, get_adapter
-from reprune.allocation import GqaMode, allocate, check_ratio, legal_count, module_budget, select_units
+from reprune.allocation import (
+    GqaMode,
+    allocate,
+    check_ratio,
+    legal_count,
+    module_budget,
+    projection_params,
+    select_units,
+)
 from reprune.calibration import Activations, capture_block_inputs, collect_module_stats, run_block
 from reprune.criteria import get_criterion
 from reprune.reconstruction import ReconstructionInput, get_reconstruction, output_energy, output_error
 from reprune.reconstruction.closed_form import ridge_to_dense
 from reprune.stats import ModuleStats
+from reprune.surgery import shrink_module
 
 Targets = Literal["both", "attention", "ffn"]
 
@@ -119,8 +128,6 @@ def _default_device(requested: str | None) -> torch.device:
 
 def prunable_parameters(adapter: ModelAdapter) -> int:
     """Parameters of all attention and FFN projections of all blocks."""
-    from reprune.allocation import projection_params
-
     return sum(projection_params(m) for i in range(len(adapter.blocks())) for m in adapter.depth2_modules(i))
 
 
@@ -275,7 +282,9 @@ def _prune_module(adapter: ModelAdapter, block: nn.Module, module: Depth2Module,
     """Calibrate, (recover,) score, select, reconstruct and shrink one module."""
     criterion = get_criterion(config.criterion_for(module.kind))
     reconstruction = get_reconstruction(config.reconstruction)
-    needs = _needs(config, module.kind) | {"level2_cross"} if config.recovery == "goa" else _needs(config, module.kind)
+    needs = _needs(config, module.kind)
+    if config.recovery == "goa":  # level 2 is re-fitted against the dense path
+        needs |= {"level2_cross"}
 
     def restat() -> ModuleStats:
         return collect_module_stats(block, module, acts, needs, dense_block, dense_module, dense_acts)
@@ -314,8 +323,6 @@ def _prune_module(adapter: ModelAdapter, block: nn.Module, module: Depth2Module,
     error_none = output_error(stats.level2_in, full_w, full_b, kept, full_w[kept], plain_bias) / energy
     error = output_error(stats.level2_in, full_w, full_b, kept, new_weight, new_bias) / energy
     seconds_solve = time.perf_counter() - tick
-
-    from reprune.surgery import shrink_module
 
     shrink_module(adapter, module, kept_units, new_weight, new_bias)
     return LayerRecord(module.block, module.kind, module.num_units, len(kept_units), kept_units.tolist(),
