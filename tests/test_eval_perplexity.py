@@ -14,16 +14,6 @@ from reprune.evaluation.perplexity import perplexity, read_text_file
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    from reprune.models import smollm2_path
-
-    try:
-        return transformers.AutoTokenizer.from_pretrained(smollm2_path())
-    except FileNotFoundError as error:
-        pytest.skip(f"SmolLM2 tokenizer unavailable: {error}")
-
-
-@pytest.fixture(scope="module")
 def tiny_llama(tokenizer) -> transformers.LlamaForCausalLM:
     torch.manual_seed(0)
     config = transformers.LlamaConfig(

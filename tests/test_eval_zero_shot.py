@@ -19,17 +19,6 @@ FIXTURES = Path(__file__).parent / "fixtures" / "tasks"
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    """The real SmolLM2 tokenizer (only the tokenizer files: no weights are loaded)."""
-    from reprune.models import smollm2_path
-
-    try:
-        return transformers.AutoTokenizer.from_pretrained(smollm2_path())
-    except FileNotFoundError as error:
-        pytest.skip(f"SmolLM2 tokenizer unavailable: {error}")
-
-
-@pytest.fixture(scope="module")
 def tiny_llama(tokenizer) -> nn.Module:
     torch.manual_seed(0)
     config = transformers.LlamaConfig(
