@@ -19,7 +19,7 @@ import transformers
 from torch import nn
 from tqdm.auto import tqdm
 
-from reprune.adapters import Depth2Module, ModelAdapter, get_adapter
+from reprune.adapters import Depth2Module, ModelAdapter, Projection, get_adapter
 from reprune.allocation import (
     GqaMode,
     allocate,
@@ -152,6 +152,12 @@ def _always_processed(config: PruneConfig, kind: str) -> bool:
     )
 
 
+def _dense_target(projection: Projection) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A dense-path layer as a regression target: weight (in, out) and bias (or None), float64."""
+    bias = projection.bias()
+    return projection.weight().detach().T.to(torch.float64), None if bias is None else bias.detach().to(torch.float64)
+
+
 def goa_recover(
     module: Depth2Module,
     dense_module: Depth2Module,
@@ -166,21 +172,18 @@ def goa_recover(
     (``restat``) and level 2 re-fitted against the dense level-2 output. Returns the new statistics.
     """
     cross = stats.level1_cross
+    refitted: set[int] = set()
     for part, dense_part in zip(module.level1, dense_module.level1):
         projection = part.projection
-        if part.offset or any(p.projection.module is projection.module for p in module.level1[: module.level1.index(part)]):
+        if id(projection.module) in refitted:
             continue  # a fused projection (GPT-2 c_attn) is re-fitted once, whole
-        dense_w = dense_part.projection.weight().detach().T.to(torch.float64)
-        dense_b = dense_part.projection.bias()
-        dense_b = None if dense_b is None else dense_b.detach().to(torch.float64)
-        prior = torch.zeros_like(dense_w)
-        weight, bias = ridge_to_dense(cross, None, dense_w, dense_b, prior, alpha, dense_b is not None,
-                                      f"{module.name} {projection.name} (GOA level 1)")
+        refitted.add(id(projection.module))
+        dense_w, dense_b = _dense_target(dense_part.projection)
+        weight, bias = ridge_to_dense(cross, None, dense_w, dense_b, torch.zeros_like(dense_w), alpha,
+                                      dense_b is not None, f"{module.name} {projection.name} (GOA level 1)")
         projection.replace(weight.T, bias)
     stats = restat()
-    dense_w = dense_module.level2.weight().detach().T.to(torch.float64)
-    dense_b = dense_module.level2.bias()
-    dense_b = None if dense_b is None else dense_b.detach().to(torch.float64)
+    dense_w, dense_b = _dense_target(dense_module.level2)
     weight, bias = ridge_to_dense(stats.level2_cross, None, dense_w, dense_b, torch.zeros_like(dense_w), alpha,
                                   dense_b is not None, f"{module.name} (GOA level 2)")
     module.level2.replace(weight.T, bias)
@@ -308,11 +311,7 @@ def _prune_module(adapter: ModelAdapter, block: nn.Module, module: Depth2Module,
     removed = torch.nonzero(mask).reshape(-1)
 
     tick = time.perf_counter()
-    dense_w = dense_b = None
-    if dense_module is not None:
-        dense_w = dense_module.level2.weight().detach().T.to(torch.float64)
-        bias = dense_module.level2.bias()
-        dense_b = torch.zeros(dense_w.shape[1], dtype=torch.float64) if bias is None else bias.detach().to(torch.float64)
+    dense_w, dense_b = _dense_target(dense_module.level2) if dense_module is not None else (None, None)
     inp = ReconstructionInput(module, kept, removed, stats, config.alpha, dense_w, dense_b)
     new_weight, new_bias = reconstruction.fn(inp)
     if not torch.isfinite(new_weight).all() or (new_bias is not None and not torch.isfinite(new_bias).all()):
