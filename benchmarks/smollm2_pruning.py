@@ -38,11 +38,13 @@ def _split(text: str, cast=str) -> list:
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ratios", default="0.2,0.5", type=lambda s: _split(s, float))
-    p.add_argument("--criteria", default="random,magnitude,wanda-sp,flap", type=_split)
+    p.add_argument("--criteria", default="random,magnitude,wanda-sp,flap", type=_split,
+                   help="criterion names; ATTENTION+FFN (e.g. head-similarity+second-moment) scores the two apart")
     p.add_argument("--reconstructions", default="none,bias", type=_split)
     p.add_argument("--allocations", default="uniform", type=_split)
     p.add_argument("--recoveries", default="none", type=_split, help="none and/or goa")
-    p.add_argument("--presets", default="", type=_split, help="also run these presets (goa, liar) at each ratio")
+    p.add_argument("--presets", default="", type=_split,
+                   help="also run these presets at each ratio: PRESET or PRESET:RECONSTRUCTION (e.g. goa:liar)")
     p.add_argument("--targets", default="both", choices=["both", "attention", "ffn"])
     p.add_argument("--calib", default="wiki-embedded", help="'wiki-embedded' or 'self-generated'")
     p.add_argument("--calib-samples", type=int, default=128)
@@ -108,16 +110,20 @@ def main() -> None:
     grid = itertools.product(args.ratios, args.allocations, args.criteria, args.reconstructions, args.recoveries)
     for ratio, allocation, criterion, reconstruction, recovery in grid:
         label = f"{allocation}/{criterion}/{reconstruction}" + ("/goa-recovery" if recovery == "goa" else "")
-        config = PruneConfig(ratio=ratio, criterion=criterion, reconstruction=reconstruction, recovery=recovery,
-                             allocation=allocation, targets=args.targets, num_samples=args.calib_samples,
-                             seq_len=args.calib_len, device=args.device)
+        attention_criterion, _, ffn_criterion = criterion.partition("+")
+        config = PruneConfig(ratio=ratio, criterion=attention_criterion, attention_criterion=attention_criterion,
+                             ffn_criterion=ffn_criterion or attention_criterion, reconstruction=reconstruction,
+                             recovery=recovery, allocation=allocation, targets=args.targets,
+                             num_samples=args.calib_samples, seq_len=args.calib_len, device=args.device)
         print(f"running {label} at {ratio:.0%} …", flush=True)
         rows.append(run_config(label, config))
     for ratio, preset in itertools.product(args.ratios, args.presets):
         from reprune.presets import preset_config
 
-        config = preset_config(preset, ratio=ratio, num_samples=args.calib_samples, seq_len=args.calib_len,
-                               targets=args.targets, device=args.device)
+        name, _, reconstruction = preset.partition(":")
+        overrides = {"reconstruction": reconstruction} if reconstruction else {}
+        config = preset_config(name, ratio=ratio, num_samples=args.calib_samples, seq_len=args.calib_len,
+                               targets=args.targets, device=args.device, **overrides)
         print(f"running preset {preset} at {ratio:.0%} …", flush=True)
         rows.append(run_config(f"preset:{preset}", config))
 

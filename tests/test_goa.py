@@ -221,12 +221,14 @@ def test_goa_recovery_reduces_module_error_after_earlier_pruning(family: str) ->
     acts = run_block(adapter.blocks()[0], capture_block_inputs(recovered, adapter, ids, 8, CPU))
     dense_acts = run_block(dense_adapter.blocks()[0], capture_block_inputs(dense, dense_adapter, ids, 8, CPU))
     block, dense_block = adapter.blocks()[1], dense_adapter.blocks()[1]
-    needs = frozenset({"level1_cross", "level2_cross"})
     for module, dense_module in zip(adapter.modules_of(block, 1), dense_adapter.modules_of(dense_block, 1)):
-        def restat(module: Depth2Module = module, dense_module: Depth2Module = dense_module) -> ModuleStats:
+        def restat(needs: frozenset[str], module: Depth2Module = module,
+                   dense_module: Depth2Module = dense_module) -> ModuleStats:
             return collect_module_stats(block, module, acts, needs, dense_block, dense_module, dense_acts)
 
-        goa_recover(module, dense_module, restat(), 1e-4, restat)
+        final = goa_recover(module, dense_module, 1e-4, restat, frozenset({"level1_in"}))
+        assert final.level1_in is not None and final.level1_in.n > 0  # the scoring pass gathered its needs
+        assert final.level2_cross is None  # ... and nothing it does not read
 
     target = _module_outputs(dense, ids, 1)
     plain, fixed = _module_outputs(pruned, ids, 1), _module_outputs(recovered, ids, 1)

@@ -132,10 +132,8 @@ def prunable_parameters(adapter: ModelAdapter) -> int:
 
 
 def _needs(config: PruneConfig, kind: str) -> frozenset[str]:
-    needs = set(get_criterion(config.criterion_for(kind)).needs) | set(get_reconstruction(config.reconstruction).needs)
-    if config.recovery == "goa":
-        needs |= {"level1_cross"}
-    return frozenset(needs)
+    """Statistics the criterion and the reconstruction of a ``kind`` module read (GOA recovery gathers its own)."""
+    return frozenset(get_criterion(config.criterion_for(kind)).needs) | get_reconstruction(config.reconstruction).needs
 
 
 def _uses_dense_path(config: PruneConfig) -> bool:
@@ -161,17 +159,18 @@ def _dense_target(projection: Projection) -> tuple[torch.Tensor, torch.Tensor | 
 def goa_recover(
     module: Depth2Module,
     dense_module: Depth2Module,
-    stats: ModuleStats,
     alpha: float,
-    restat: Callable[[], ModuleStats],
+    restat: Callable[[frozenset[str]], ModuleStats],
+    final_needs: frozenset[str],
 ) -> ModuleStats:
     """GOA's greedy two-step recovery (Alg. 1, 3, 4): re-fit level 1, then level 2, to the dense outputs.
 
     Level 1 is fitted on the pruned-path module input against each level-1 layer's dense output (one
-    Gram serves all of them); the level-2 input is then recomputed through the re-fitted level 1
-    (``restat``) and level 2 re-fitted against the dense level-2 output. Returns the new statistics.
+    Gram serves all of them); the level-2 input is then recomputed through the re-fitted level 1 and
+    level 2 re-fitted against the dense level-2 output. Each pass gathers only what its step reads
+    (``restat(needs)``); the last one gathers ``final_needs`` for scoring and reconstruction.
     """
-    cross = stats.level1_cross
+    cross = restat(frozenset({"level1_cross"})).level1_cross
     refitted: set[int] = set()
     for part, dense_part in zip(module.level1, dense_module.level1):
         projection = part.projection
@@ -182,12 +181,12 @@ def goa_recover(
         weight, bias = ridge_to_dense(cross, None, dense_w, dense_b, torch.zeros_like(dense_w), alpha,
                                       dense_b is not None, f"{module.name} {projection.name} (GOA level 1)")
         projection.replace(weight.T, bias)
-    stats = restat()
+    level2_cross = restat(frozenset({"level2_cross"})).level2_cross
     dense_w, dense_b = _dense_target(dense_module.level2)
-    weight, bias = ridge_to_dense(stats.level2_cross, None, dense_w, dense_b, torch.zeros_like(dense_w), alpha,
+    weight, bias = ridge_to_dense(level2_cross, None, dense_w, dense_b, torch.zeros_like(dense_w), alpha,
                                   dense_b is not None, f"{module.name} (GOA level 2)")
     module.level2.replace(weight.T, bias)
-    return restat()
+    return restat(final_needs)
 
 
 def _score_pass(model: nn.Module, adapter: ModelAdapter, acts: Activations, config: PruneConfig,
@@ -286,19 +285,16 @@ def _prune_module(adapter: ModelAdapter, block: nn.Module, module: Depth2Module,
     criterion = get_criterion(config.criterion_for(module.kind))
     reconstruction = get_reconstruction(config.reconstruction)
     needs = _needs(config, module.kind)
-    if config.recovery == "goa":  # level 2 is re-fitted against the dense path
-        needs |= {"level2_cross"}
 
-    def restat() -> ModuleStats:
-        return collect_module_stats(block, module, acts, needs, dense_block, dense_module, dense_acts)
+    def restat(wanted: frozenset[str]) -> ModuleStats:
+        return collect_module_stats(block, module, acts, wanted, dense_block, dense_module, dense_acts)
 
     tick = time.perf_counter()
-    stats = restat()
-    seconds_stats = time.perf_counter() - tick
     if config.recovery == "goa":
-        tick = time.perf_counter()
-        stats = goa_recover(module, dense_module, stats, config.recovery_alpha, restat)
-        seconds_stats += time.perf_counter() - tick
+        stats = goa_recover(module, dense_module, config.recovery_alpha, restat, needs)
+    else:
+        stats = restat(needs)
+    seconds_stats = time.perf_counter() - tick
     scores = criterion.score(module, stats, generator)
     if criterion.count is not None:  # e.g. head-similarity's threshold τ replaces the allocated count
         wanted = criterion.count(module, stats, config.criterion_options)
