@@ -86,6 +86,10 @@ def test_report_of_several_checkpoints(run_dir: Path) -> None:
         for layer in report["layers"]:
             assert f"{layer['units_after']}/{layer['units_before']}" in markdown
             assert f"{layer['error_none']:.3g} → {layer['error']:.3g}" in markdown
+        for block in {layer["block"] for layer in report["layers"]}:  # per-layer cost: statistics / solve
+            mine = [layer for layer in report["layers"] if layer["block"] == block]
+            stats, solve = sum(x["seconds_stats"] for x in mine), sum(x["seconds_solve"] for x in mine)
+            assert f"{stats:.2f} / {solve:.3f} |" in markdown
     speedup = _load(run_dir / "tiny-30-liar", "reprune_eval.json")["speed"]["prefill_tokens_per_s"] / dense["speed"][
         "prefill_tokens_per_s"]
     assert f"Prefill {speedup:.2f}× and decode " in markdown

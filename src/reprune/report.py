@@ -123,6 +123,9 @@ def block_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
             row[f"{key}_after"] = record["units_after"] if record else now
             row[f"{kind}_error_none"] = record["error_none"] if record else None
             row[f"{kind}_error"] = record["error"] if record else None
+        touched = [records[(block, kind)] for kind in ("attention", "ffn") if (block, kind) in records]
+        row["stats_seconds"] = sum(r["seconds_stats"] for r in touched) if touched else None
+        row["solve_seconds"] = sum(r["seconds_solve"] for r in touched) if touched else None
         rows.append(row)
     return rows
 
@@ -441,16 +444,18 @@ def summary_table(runs: list[Run], dense: dict[str, Any] | None, names: list[str
 
 
 def layer_table(rows: list[dict[str, Any]]) -> Table:
-    """Per block: kept/before heads and neurons and error_none → error of each pruned module."""
+    """Per block: kept/before heads and neurons, error_none → error of each pruned module, and its cost."""
     def errors(row: dict[str, Any], kind: str) -> str:
         if row[f"{kind}_error"] is None:
             return DASH
         return f"{fmt_error(row[f'{kind}_error_none'])} → {fmt_error(row[f'{kind}_error'])}"
 
     body = [[str(r["block"]), f"{r['heads_after']}/{r['heads_before']}", f"{r['neurons_after']}/{r['neurons_before']}",
-             errors(r, "attention"), errors(r, "ffn")] for r in rows]
+             errors(r, "attention"), errors(r, "ffn"),
+             DASH if r["stats_seconds"] is None else f"{r['stats_seconds']:.2f} / {r['solve_seconds']:.3f}"]
+            for r in rows]
     return Table(["block", "heads kept", "neurons kept", "attention error (none → reconstructed)",
-                  "FFN error (none → reconstructed)"], body)
+                  "FFN error (none → reconstructed)", "seconds: statistics / solve"], body)
 
 
 def _setting(value: Any) -> str:
