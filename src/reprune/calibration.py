@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -33,6 +33,33 @@ class Activations:
 
     def clone(self) -> Activations:
         return Activations([h.clone() for h in self.hidden], self.kwargs)
+
+
+@dataclass
+class FfnTail:
+    """Per batch, the residual stream a pre-norm block adds its FFN output to, and the FFN's level-2 input.
+
+    Kept by the FFN's statistics pass (see :meth:`ModelAdapter.ffn_residual`) so that, once the FFN is
+    pruned, the block's output is ``residual + level2(level-2 input[..., kept])``: the block is not run a
+    third time. Costs the memory of the level-2 inputs of the calibration set.
+    """
+
+    residual_module: nn.Module
+    residual: list[torch.Tensor] = field(default_factory=list)
+    level2_in: list[torch.Tensor] = field(default_factory=list)
+
+    def reset(self) -> None:
+        self.residual.clear()
+        self.level2_in.clear()
+
+    @torch.inference_mode()
+    def outputs(self, level2: nn.Module, kept: torch.Tensor, inputs: Activations) -> Activations:
+        """The block's outputs after pruning: ``level2`` is the pruned projection, ``kept`` its input columns."""
+        hidden = []
+        for residual, level2_in, block_in in zip(self.residual, self.level2_in, inputs.hidden):
+            out = residual + level2(level2_in[..., kept.to(level2_in.device)])
+            hidden.append(out.reshape(block_in.shape))
+        return Activations(hidden, inputs.kwargs)
 
 
 def _params_outside(model: nn.Module, blocks: nn.ModuleList) -> list[nn.Module]:
@@ -127,9 +154,11 @@ def run_block(block: nn.Module, acts: Activations) -> Activations:
 
 @torch.inference_mode()
 def _capture(block: nn.Module, module: Depth2Module, hidden: torch.Tensor, kwargs: dict,
-             want_level1: bool, want_attention: bool = False) -> dict[str, Any]:
+             want_level1: bool, want_attention: bool = False, residual_module: nn.Module | None = None
+             ) -> dict[str, Any]:
     """One forward of ``block`` stopping once the module's level-2 input (and, with ``want_attention``,
-    the attention module's probabilities, ``attention_probs``) were seen; returns them."""
+    the attention module's probabilities, ``attention_probs``) were seen; returns them, with the input
+    of ``residual_module`` as ``residual`` when one is given."""
     found: dict[str, Any] = {}
     wanted = {"level2_in", "attention_probs"} if want_attention else {"level2_in"}
 
@@ -152,7 +181,12 @@ def _capture(block: nn.Module, module: Depth2Module, hidden: torch.Tensor, kwarg
         found["attention_probs"] = output[1].detach()
         stop_when_done()
 
+    def residual_hook(_m: nn.Module, args: tuple) -> None:
+        found["residual"] = args[0].detach()
+
     handles = [module.level2.module.register_forward_pre_hook(level2_hook)]
+    if residual_module is not None:
+        handles.append(residual_module.register_forward_pre_hook(residual_hook))
     if want_level1:
         handles.append(module.level1[0].projection.module.register_forward_pre_hook(level1_hook))
     if want_attention:  # parent may contain level 2 (LLaMA o_proj) or precede it (BERT): stop after both
@@ -164,6 +198,8 @@ def _capture(block: nn.Module, module: Depth2Module, hidden: torch.Tensor, kwarg
     finally:
         for h in handles:
             h.remove()
+    if residual_module is not None:
+        wanted = wanted | {"residual"}
     if not wanted <= found.keys():
         raise RuntimeError(f"{module.name}: {sorted(wanted - found.keys())} never captured; "
                            "the adapter does not match the model")
@@ -178,13 +214,17 @@ def collect_module_stats(
     dense_block: nn.Module | None = None,
     dense_module: Depth2Module | None = None,
     dense: Activations | None = None,
+    tail: FfnTail | None = None,
 ) -> ModuleStats:
     """Accumulate the statistics ``needs`` asks for over all calibration batches.
 
     Names in ``needs``: ``level1_in``, ``level2_cross``, ``level1_cross`` (the last two need the dense
     path) and ``head_divergence`` (pruned path; the block runs with eager attention meanwhile, and its
     inputs must carry explicit masks: ``capture_block_inputs(..., attn_implementation="eager")``).
+    ``tail``, if given, is emptied and then keeps this pass's residual stream and level-2 inputs.
     """
+    if tail is not None:
+        tail.reset()
     two_path = bool({"level2_cross", "level1_cross"} & needs)
     if two_path and (dense_block is None or dense is None or dense_module is None):
         raise RuntimeError(f"{module.name}: a two-path statistic was requested without the dense path")
@@ -203,7 +243,11 @@ def collect_module_stats(
     divergence_rows = 0
     for i, (hidden, kwargs) in enumerate(zip(pruned.hidden, pruned.kwargs)):
         with attention_implementation(module.parent.config, "eager") if want_attention else nullcontext():
-            got = _capture(block, module, hidden, kwargs, want_level1, want_attention)
+            got = _capture(block, module, hidden, kwargs, want_level1, want_attention,
+                           tail.residual_module if tail is not None else None)
+        if tail is not None:
+            tail.residual.append(got["residual"])
+            tail.level2_in.append(got["level2_in"])
         if want_attention:  # reduce this batch's probabilities at once; only the (H, H) sum is kept
             probs = got.pop("attention_probs")
             divergence_sum = divergence_sum + head_divergence_sum(probs)

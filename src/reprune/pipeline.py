@@ -29,7 +29,7 @@ from reprune.allocation import (
     projection_params,
     select_units,
 )
-from reprune.calibration import Activations, capture_block_inputs, collect_module_stats, run_block
+from reprune.calibration import Activations, FfnTail, capture_block_inputs, collect_module_stats, run_block
 from reprune.criteria import get_criterion
 from reprune.reconstruction import ReconstructionInput, get_reconstruction, output_energy, output_error
 from reprune.reconstruction.closed_form import ridge_to_dense
@@ -260,14 +260,22 @@ def prune(
         block.to(device)
         dense_block = copy.deepcopy(block) if two_path else None
         dense_modules = adapter.modules_of(dense_block, index) if dense_block is not None else [None, None]
+        tail = None
         for position, kind in enumerate(("attention", "ffn")):
             module = adapter.modules_of(block, index)[position]  # re-read: surgery replaced modules
             n_remove = counts[(index, kind)]
             if n_remove == 0 and not ((index, kind) in eligible and _always_processed(config, kind)):
                 continue
+            residual_module = adapter.ffn_residual(block) if kind == "ffn" else None
+            tail = FfnTail(residual_module) if residual_module is not None else None
             records.append(_prune_module(adapter, block, module, dense_block, dense_modules[position],
-                                         acts, dense_acts, n_remove, config, generator))
-        acts = run_block(block, acts)
+                                         acts, dense_acts, n_remove, config, generator, tail))
+        if tail is not None:  # the FFN was pruned last: its statistics pass already saw all but level 2
+            ffn = adapter.modules_of(block, index)[1]
+            acts = tail.outputs(ffn.level2.module, ffn.unit_channels(records[-1].kept_units), acts)
+            del tail
+        else:
+            acts = run_block(block, acts)
         if dense_block is not None:
             dense_acts = run_block(dense_block, dense_acts)
         block.to(home)
@@ -280,14 +288,15 @@ def prune(
 
 def _prune_module(adapter: ModelAdapter, block: nn.Module, module: Depth2Module, dense_block: nn.Module | None,
                   dense_module: Depth2Module | None, acts: Activations, dense_acts: Activations | None,
-                  n_remove: int, config: PruneConfig, generator: torch.Generator) -> LayerRecord:
-    """Calibrate, (recover,) score, select, reconstruct and shrink one module."""
+                  n_remove: int, config: PruneConfig, generator: torch.Generator,
+                  tail: FfnTail | None = None) -> LayerRecord:
+    """Calibrate, (recover,) score, select, reconstruct and shrink one module (``tail``: see FfnTail)."""
     criterion = get_criterion(config.criterion_for(module.kind))
     reconstruction = get_reconstruction(config.reconstruction)
     needs = _needs(config, module.kind)
 
     def restat(wanted: frozenset[str]) -> ModuleStats:
-        return collect_module_stats(block, module, acts, wanted, dense_block, dense_module, dense_acts)
+        return collect_module_stats(block, module, acts, wanted, dense_block, dense_module, dense_acts, tail)
 
     tick = time.perf_counter()
     if config.recovery == "goa":

@@ -140,6 +140,15 @@ class ModelAdapter:
         """Describe the modules of ``block`` (a block of this model, or a copy of one)."""
         raise NotImplementedError
 
+    def ffn_residual(self, block: nn.Module) -> nn.Module | None:
+        """The module whose input is the residual stream that the FFN output is added to as the block's
+        last step (a pre-norm block's FFN norm), or None when something follows that addition (post-norm).
+
+        Lets the pipeline propagate a block whose FFN it just pruned from what the FFN's statistics pass
+        saw (residual + new level 2 of the level-2 input) instead of running the whole block again.
+        """
+        return None
+
     def set_head_counts(self, module: Depth2Module, num_heads: int, num_kv_heads: int) -> None:
         """Update the attention module's attributes after its heads were removed."""
         for name, value in self.attention_attributes(num_heads, num_kv_heads, module.unit_width).items():

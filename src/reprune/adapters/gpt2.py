@@ -46,5 +46,8 @@ class GPT2Adapter(ModelAdapter):
         )
         return [attention, ffn]
 
+    def ffn_residual(self, block: nn.Module) -> nn.Module:
+        return block.ln_2  # out = h + mlp(ln_2(h))
+
     def attention_attributes(self, num_heads: int, num_kv_heads: int, head_dim: int) -> dict[str, int]:
         return {"num_heads": num_heads, "split_size": num_heads * head_dim}

@@ -35,6 +35,9 @@ class LlamaAdapter(ModelAdapter):
         )
         return [attention, ffn]
 
+    def ffn_residual(self, block: nn.Module) -> nn.Module:
+        return block.post_attention_layernorm  # out = h + mlp(post_attention_layernorm(h))
+
     def attention_attributes(self, num_heads: int, num_kv_heads: int, head_dim: int) -> dict[str, int]:
         return {"num_key_value_groups": num_heads // num_kv_heads}
 

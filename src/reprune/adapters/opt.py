@@ -32,5 +32,9 @@ class OPTAdapter(ModelAdapter):
         )
         return [attention, ffn]
 
+    def ffn_residual(self, block: nn.Module) -> nn.Module | None:
+        # OPT-350m normalises after the residual addition; the other sizes before the FFN
+        return block.final_layer_norm if self.model.config.do_layer_norm_before else None
+
     def attention_attributes(self, num_heads: int, num_kv_heads: int, head_dim: int) -> dict[str, int]:
         return {"num_heads": num_heads}

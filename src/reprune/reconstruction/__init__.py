@@ -73,13 +73,19 @@ def get_reconstruction(name: str) -> Reconstruction:
 
 def output_error(moments: Moments, full_weight: torch.Tensor, full_bias: torch.Tensor, kept: torch.Tensor,
                  new_weight: torch.Tensor, new_bias: torch.Tensor | None) -> float:
-    """Mean squared output error ``E||x W + b − (x_u W' + b')||²`` over the calibration rows, from moments."""
+    """Mean squared output error ``E||x W + b − (x_u W' + b')||²`` over the calibration rows, from moments.
+
+    Only the input channels whose weights changed enter the quadratic form, so plain pruning and bias
+    compensation (which leave the kept rows alone) cost ``|removed|²`` instead of ``d²`` per output.
+    """
     diff = full_weight.clone()
     diff[kept] -= new_weight
+    changed = torch.nonzero(diff.ne(0).any(dim=1)).reshape(-1)
+    diff = diff[changed]
     delta = full_bias - (new_bias if new_bias is not None else torch.zeros_like(full_bias))
     n = moments.n
-    quad = (diff * (moments.gram @ diff)).sum()
-    linear = 2.0 * (moments.sum @ diff) @ delta
+    quad = (diff * (moments.gram[changed][:, changed] @ diff)).sum()
+    linear = 2.0 * (moments.sum[changed] @ diff) @ delta
     return float((quad + linear) / n + delta.pow(2).sum())
 
 
