@@ -321,6 +321,18 @@ def test_solve_ridge_alpha_zero_singular_retries_and_warns():
     torch.testing.assert_close(gram @ x, rhs, atol=1e-6, rtol=0)  # consistent system: still solved
 
 
+def test_solve_ridge_nearly_singular_accepted_by_cholesky_retries_and_warns():
+    """Two channels equal up to 1e-7: Cholesky succeeds at α = 0, but the exact solve is huge and unstable."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(200, 3, generator=g, dtype=torch.float64)
+    x[:, 2] = x[:, 1] + 1e-7 * torch.randn(200, generator=g, dtype=torch.float64)
+    gram, rhs = x.T @ x, x.T @ torch.randn(200, 1, generator=g, dtype=torch.float64)
+    assert int(torch.linalg.cholesky_ex(gram)[1]) == 0  # the factorisation alone would not notice
+    with pytest.warns(IllConditionedWarning, match="block 7 attention"):
+        solution = solve_ridge(gram, rhs, 0.0, where="block 7 attention")
+    assert solution.abs().max() < 100  # exact solve: ±3.9e5 on the twins
+
+
 def test_solve_ridge_all_zero_gram_retries():
     with pytest.warns(IllConditionedWarning, match="dead layer"):
         x = solve_ridge(torch.zeros(3, 3, dtype=torch.float64), torch.zeros(3, 2, dtype=torch.float64), 0.0,
@@ -368,16 +380,15 @@ def test_synthetic_degenerate_kept_channels(degenerate):
     assert torch.isfinite(weight).all() and torch.isfinite(bias).all()
     assert moment_error(inp, (weight, bias)) <= moment_error(inp, get_reconstruction("bias").fn(inp))
     # no ridge at all: Σ_uu is singular. A dead (zero-variance) channel puts an exact 0 on the diagonal,
-    # so Cholesky must fail and the retry rule fire; for duplicated channels the last pivot is 0 only up
-    # to rounding (LAPACK may or may not reject it), so there the warning is not required.
+    # so Cholesky fails; for duplicated channels the last pivot is 0 up to rounding, which LAPACK may
+    # accept but the pivot-spread check rejects. Either way the retry rule must fire.
     inp0 = make_input(module, x, REMOVED, alpha=0.0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         weight0, bias0 = get_reconstruction("liar").fn(inp0)
     messages = [str(w.message) for w in caught if issubclass(w.category, IllConditionedWarning)]
     assert all("block 5 ffn" in m for m in messages), messages
-    if degenerate is _dead:
-        assert messages, "a zero pivot must trigger the ridge retry"
+    assert messages, "a zero (dead) or vanishing (duplicated) pivot must trigger the ridge retry"
     assert torch.isfinite(weight0).all() and torch.isfinite(bias0).all()
     if messages:  # solved with the retried ridge: as good as the theory says
         errors = {name: moment_error(inp0, get_reconstruction(name).fn(inp0)) for name in ("bias", "none")}

@@ -8,6 +8,9 @@ import torch
 
 MAX_RETRIES = 6
 MIN_RETRY_ALPHA = 1e-10  # first retry when the caller asked for no ridge at all (α = 0)
+# Cholesky pivots d_i = L_ii² lie in [λ_min, λ_max], so max d / min d bounds the condition number from
+# below. Above 1e12 a float64 solve keeps fewer than ~4 correct digits: treat it like a failed factorisation.
+MAX_PIVOT_SPREAD = 1e12
 
 
 class IllConditionedWarning(UserWarning):
@@ -17,6 +20,8 @@ class IllConditionedWarning(UserWarning):
 def solve_ridge(gram: torch.Tensor, rhs: torch.Tensor, alpha: float, where: str) -> torch.Tensor:
     """Solve ``(A + λI) X = B`` with ``λ = α · mean(diag A)`` by Cholesky, retrying with 10× α on failure.
 
+    A factorisation whose pivots reveal a nearly singular system (spread above ``MAX_PIVOT_SPREAD``)
+    counts as a failure too: Cholesky accepts it, but the solution would be large and meaningless.
     ``where`` names the layer in warnings, so a user can see which layer was ill-conditioned.
     """
     a = gram.to(torch.float64)
@@ -31,7 +36,8 @@ def solve_ridge(gram: torch.Tensor, rhs: torch.Tensor, alpha: float, where: str)
         lam = current * scale
         system = a + lam * torch.eye(a.shape[0], dtype=a.dtype, device=a.device)
         factor, info = torch.linalg.cholesky_ex(system)
-        if int(info) == 0:
+        pivots = factor.diagonal().square()
+        if int(info) == 0 and pivots.max() <= MAX_PIVOT_SPREAD * pivots.min():
             solution = torch.cholesky_solve(b, factor)
             if torch.isfinite(solution).all():
                 if attempt > 0:
