@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from benchmarks.common import ResultLog, markdown_table
+from benchmarks.common import ResultLog, line_plot, markdown_table
 from reprune.data import calibration_ids
 from reprune.evaluation import perplexity, read_text_file
 from reprune.models import shared_data_dir, smollm2_path
@@ -72,25 +72,11 @@ def main() -> None:
 
 
 def plot(rows: list[dict[str, Any]], path: Path, args: argparse.Namespace) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for reconstruction in dict.fromkeys(r["reconstruction"] for r in rows):
-        points = sorted((r["samples"], r["ppl"]) for r in rows if r["reconstruction"] == reconstruction)
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=reconstruction)
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel(f"calibration samples (× {args.calib_len} tokens)")
-    ax.set_ylabel(f"WikiText-2 perplexity (length {args.eval_len})")
-    ax.set_title(f"SmolLM2-135M, {args.criterion} at {args.ratio:.0%}")
-    ax.legend()
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    print(f"plot: {path}")
+    series = {name: [(r["samples"], r["ppl"]) for r in rows if r["reconstruction"] == name]
+              for name in dict.fromkeys(r["reconstruction"] for r in rows)}
+    line_plot({f"{args.criterion} at {args.ratio:.0%}": series}, path, f"calibration samples (× {args.calib_len} tokens)",
+              f"WikiText-2 perplexity (length {args.eval_len})",
+              "SmolLM2-135M: perplexity vs calibration size", log_x=True)
 
 
 if __name__ == "__main__":

@@ -81,3 +81,40 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str
             cells.append("–" if value is None else fmt.format(value))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def line_plot(panels: dict[str, dict[str, list[tuple[float, float]]]], path: Path, xlabel: str, ylabel: str,
+              title: str, log_x: bool = False) -> None:
+    """Panels (title → series label → (x, y) points) side by side as one PNG; log-scale y, since
+    perplexities span orders of magnitude; a label keeps its colour in every panel."""
+    import math
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(3, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.8 * rows), squeeze=False)
+    labels = list(dict.fromkeys(label for series in panels.values() for label in series))
+    colours = {label: plt.cm.tab10(i % 10) for i, label in enumerate(labels)}
+    for ax, (panel, series) in zip(axes.flat, panels.items()):
+        for label, points in series.items():
+            points = sorted(points)
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label, color=colours[label])
+        if log_x:
+            ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(panel, fontsize=10)
+        ax.legend(fontsize=7)
+        ax.grid(True, which="both", alpha=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"plot: {path}")

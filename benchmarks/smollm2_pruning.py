@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from benchmarks.common import ResultLog, markdown_table, peak_memory
+from benchmarks.common import ResultLog, line_plot, markdown_table, peak_memory
 from reprune.data import calibration_ids
 from reprune.evaluation import perplexity, read_text_file
 from reprune.models import shared_data_dir, smollm2_path
@@ -142,29 +142,18 @@ def main() -> None:
 
 
 def plot(rows: list[dict[str, Any]], path: Path, length: int) -> None:
-    """Perplexity vs ratio, one line per method (log scale)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    dense = next((r[f"ppl{length}"] for r in rows if r["method"] == "dense"), None)
-    methods = sorted({r["method"] for r in rows if r["method"] != "dense"})
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for method in methods:
-        points = sorted((r["achieved"], r[f"ppl{length}"]) for r in rows if r["method"] == method)
-        if dense is not None:
-            points = [(0.0, dense)] + points
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=method)
-    ax.set_yscale("log")
-    ax.set_xlabel("fraction of prunable parameters removed")
-    ax.set_ylabel(f"WikiText-2 perplexity (length {length})")
-    ax.set_title("SmolLM2-135M: structured pruning without retraining")
-    ax.legend(fontsize=7, ncol=2)
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    print(f"plot: {path}")
+    """Perplexity vs achieved ratio: a panel per allocation/criterion (presets together), a line per
+    reconstruction (and recovery), each starting at the dense model."""
+    dense = [(0.0, r[f"ppl{length}"]) for r in rows if r["method"] == "dense" and f"ppl{length}" in r]
+    panels: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    for row in rows:
+        if row["method"] == "dense" or f"ppl{length}" not in row:
+            continue
+        parts = row["method"].split("/")
+        panel, label = ("presets", row["method"]) if len(parts) < 3 else ("/".join(parts[:2]), "/".join(parts[2:]))
+        panels.setdefault(panel, {}).setdefault(label, list(dense)).append((row["achieved"], row[f"ppl{length}"]))
+    line_plot(dict(sorted(panels.items())), path, "fraction of prunable parameters removed",
+              f"WikiText-2 ppl@{length}", "SmolLM2-135M: structured pruning without retraining")
 
 
 if __name__ == "__main__":
