@@ -1,4 +1,4 @@
-"""Propagating a pre-norm block from its FFN's statistics pass (``FfnTail``) equals running the block again."""
+"""Propagating a pre-norm block (pruned and dense path) from its FFN's statistics pass equals running it again."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from tiny_models import FAMILIES, calibration_batch, model_output, tiny_model
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("reconstruction, recovery", [("liar", "none"), ("bias", "goa")])
+@pytest.mark.parametrize("reconstruction, recovery", [("liar", "none"), ("bias", "goa"), ("dense-target", "none")])
 def test_ffn_tail_propagation_matches_running_the_block(
     family: str, reconstruction: str, recovery: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -34,8 +34,9 @@ def test_ffn_tail_propagation_matches_running_the_block(
     monkeypatch.setattr(type(adapter), "ffn_residual", lambda self, block: None)  # reference: run every block
     slow, slow_report = prune(tiny_model(family), ids, config, progress=False)
 
-    blocks = len(adapter.blocks())
-    assert len(calls) - fast_calls == (blocks if supported else 0), "the FFN tail must replace the block re-run"
+    runs = len(adapter.blocks()) * (1 if reconstruction == "liar" else 2)  # two-path methods: dense blocks too
+    assert len(calls) == runs
+    assert fast_calls == (0 if supported else runs), "the FFN tails must replace the block re-runs"
     assert supported == (family != "bert")
     for a, b in zip(fast_report["layers"], slow_report["layers"]):
         assert a["kept_units"] == b["kept_units"]

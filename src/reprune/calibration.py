@@ -53,11 +53,12 @@ class FfnTail:
         self.level2_in.clear()
 
     @torch.inference_mode()
-    def outputs(self, level2: nn.Module, kept: torch.Tensor, inputs: Activations) -> Activations:
-        """The block's outputs after pruning: ``level2`` is the pruned projection, ``kept`` its input columns."""
+    def outputs(self, level2: nn.Module, kept: torch.Tensor | None, inputs: Activations) -> Activations:
+        """The block's outputs: ``level2`` is the (pruned) projection, ``kept`` its input columns (None: all)."""
         hidden = []
         for residual, level2_in, block_in in zip(self.residual, self.level2_in, inputs.hidden):
-            out = residual + level2(level2_in[..., kept.to(level2_in.device)])
+            x = level2_in if kept is None else level2_in[..., kept.to(level2_in.device)]
+            out = residual + level2(x)
             hidden.append(out.reshape(block_in.shape))
         return Activations(hidden, inputs.kwargs)
 
@@ -215,17 +216,21 @@ def collect_module_stats(
     dense_module: Depth2Module | None = None,
     dense: Activations | None = None,
     tail: FfnTail | None = None,
+    dense_tail: FfnTail | None = None,
 ) -> ModuleStats:
     """Accumulate the statistics ``needs`` asks for over all calibration batches.
 
     Names in ``needs``: ``level1_in``, ``level2_cross``, ``level1_cross`` (the last two need the dense
     path) and ``head_divergence`` (pruned path; the block runs with eager attention meanwhile, and its
     inputs must carry explicit masks: ``capture_block_inputs(..., attn_implementation="eager")``).
-    ``tail``, if given, is emptied and then keeps this pass's residual stream and level-2 inputs.
+    ``tail``, if given, is emptied and then keeps this pass's residual stream and level-2 inputs;
+    ``dense_tail`` the same for the dense block, when this pass runs it (two-path statistics).
     """
-    if tail is not None:
-        tail.reset()
     two_path = bool({"level2_cross", "level1_cross"} & needs)
+    dense_tail = dense_tail if two_path else None
+    for kept in (tail, dense_tail):
+        if kept is not None:
+            kept.reset()
     if two_path and (dense_block is None or dense is None or dense_module is None):
         raise RuntimeError(f"{module.name}: a two-path statistic was requested without the dense path")
     stats = ModuleStats()
@@ -254,7 +259,11 @@ def collect_module_stats(
             divergence_rows += probs.shape[0] * probs.shape[2]
         dense_got = None
         if two_path:
-            dense_got = _capture(dense_block, dense_module, dense.hidden[i], dense.kwargs[i], want_level1)
+            dense_got = _capture(dense_block, dense_module, dense.hidden[i], dense.kwargs[i], want_level1,
+                                 residual_module=dense_tail.residual_module if dense_tail is not None else None)
+            if dense_tail is not None:
+                dense_tail.residual.append(dense_got["residual"])
+                dense_tail.level2_in.append(dense_got["level2_in"])
         if stats.level2_cross is not None:
             stats.level2_cross.update(got["level2_in"], dense_got["level2_in"])
         else:

@@ -260,24 +260,30 @@ def prune(
         block.to(device)
         dense_block = copy.deepcopy(block) if two_path else None
         dense_modules = adapter.modules_of(dense_block, index) if dense_block is not None else [None, None]
-        tail = None
+        tails: tuple[FfnTail, FfnTail | None] | None = None
         for position, kind in enumerate(("attention", "ffn")):
             module = adapter.modules_of(block, index)[position]  # re-read: surgery replaced modules
             n_remove = counts[(index, kind)]
             if n_remove == 0 and not ((index, kind) in eligible and _always_processed(config, kind)):
                 continue
             residual_module = adapter.ffn_residual(block) if kind == "ffn" else None
-            tail = FfnTail(residual_module) if residual_module is not None else None
+            if residual_module is not None:
+                tails = (FfnTail(residual_module),
+                         FfnTail(adapter.ffn_residual(dense_block)) if dense_block is not None else None)
             records.append(_prune_module(adapter, block, module, dense_block, dense_modules[position],
-                                         acts, dense_acts, n_remove, config, generator, tail))
-        if tail is not None:  # the FFN was pruned last: its statistics pass already saw all but level 2
+                                         acts, dense_acts, n_remove, config, generator, tails))
+        if tails is not None:  # the FFN was pruned last: its statistics pass already saw all but level 2
             ffn = adapter.modules_of(block, index)[1]
-            acts = tail.outputs(ffn.level2.module, ffn.unit_channels(records[-1].kept_units), acts)
-            del tail
+            acts = tails[0].outputs(ffn.level2.module, ffn.unit_channels(records[-1].kept_units), acts)
         else:
             acts = run_block(block, acts)
         if dense_block is not None:
-            dense_acts = run_block(dense_block, dense_acts)
+            dense_tail = tails[1] if tails is not None else None
+            if dense_tail is not None and dense_tail.level2_in:  # a two-path FFN pass saw the dense block too
+                dense_acts = dense_tail.outputs(dense_modules[1].level2.module, None, dense_acts)
+            else:
+                dense_acts = run_block(dense_block, dense_acts)
+        del tails
         block.to(home)
         del dense_block
 
@@ -289,14 +295,18 @@ def prune(
 def _prune_module(adapter: ModelAdapter, block: nn.Module, module: Depth2Module, dense_block: nn.Module | None,
                   dense_module: Depth2Module | None, acts: Activations, dense_acts: Activations | None,
                   n_remove: int, config: PruneConfig, generator: torch.Generator,
-                  tail: FfnTail | None = None) -> LayerRecord:
-    """Calibrate, (recover,) score, select, reconstruct and shrink one module (``tail``: see FfnTail)."""
+                  tails: tuple[FfnTail, FfnTail | None] | None = None) -> LayerRecord:
+    """Calibrate, (recover,) score, select, reconstruct and shrink one module.
+
+    ``tails`` (pruned path, dense path), for a pre-norm block's FFN, keep what block propagation reuses.
+    """
     criterion = get_criterion(config.criterion_for(module.kind))
     reconstruction = get_reconstruction(config.reconstruction)
     needs = _needs(config, module.kind)
 
     def restat(wanted: frozenset[str]) -> ModuleStats:
-        return collect_module_stats(block, module, acts, wanted, dense_block, dense_module, dense_acts, tail)
+        return collect_module_stats(block, module, acts, wanted, dense_block, dense_module, dense_acts,
+                                    *(tails or (None, None)))
 
     tick = time.perf_counter()
     if config.recovery == "goa":
