@@ -20,8 +20,8 @@ from transformers import AutoModel, AutoTokenizer
 
 from benchmarks.common import ResultLog, markdown_table
 from reprune.data import calibration_ids
-from reprune.evaluation import sts_spearman, stsb_probe
-from reprune.models import minilm_path
+from reprune.evaluation import read_glue_tsv, sts_spearman, stsb_probe
+from reprune.models import minilm_path, shared_data_dir
 from reprune.pipeline import PruneConfig, prune
 
 RESULTS = Path(__file__).parent / "results"
@@ -33,6 +33,9 @@ def main() -> None:
     p.add_argument("--criteria", default="flap")
     p.add_argument("--reconstructions", default="none,bias,liar")
     p.add_argument("--allocation", default="uniform")
+    p.add_argument("--calib", default="wiki-embedded", choices=["wiki-embedded", "stsb-train"],
+                   help="calibration text: the embedded Wikipedia, or the STS-B train sentences (in-domain, "
+                        "disjoint from the dev pairs evaluated)")
     p.add_argument("--calib-samples", type=int, default=128)
     p.add_argument("--calib-len", type=int, default=128)
     p.add_argument("--probe-train", type=int, default=2000, help="STS-B train pairs for the probe")
@@ -42,7 +45,11 @@ def main() -> None:
     folder = minilm_path()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     dense = AutoModel.from_pretrained(folder, dtype=torch.float32).eval()
-    ids = calibration_ids(tokenizer, "wiki-embedded", args.calib_samples, args.calib_len, seed=0)
+    source: str | list[str] = args.calib
+    if args.calib == "stsb-train":
+        pairs = read_glue_tsv(shared_data_dir() / "glue" / "STS-B" / "train.tsv")
+        source = [pair["sentence1"] for pair in pairs] + [pair["sentence2"] for pair in pairs]
+    ids = calibration_ids(tokenizer, source, args.calib_samples, args.calib_len, seed=0)
     log = ResultLog(RESULTS / "minilm.jsonl")
 
     def evaluate(model: torch.nn.Module) -> dict[str, Any]:
@@ -67,11 +74,12 @@ def main() -> None:
                     "prune_seconds": time.perf_counter() - start, **evaluate(model)}
 
         print(f"running {label} at {ratio:.0%} …", flush=True)
-        rows.append(log.run(f"{label}-r{ratio}-{args.calib_samples}x{args.calib_len}", job))
+        calib = "" if args.calib == "wiki-embedded" else f"-{args.calib}"
+        rows.append(log.run(f"{label}-r{ratio}-{args.calib_samples}x{args.calib_len}{calib}", job))
     dense_rho = rows[0]["spearman"]
     for row in rows:
         row["kept"] = row["spearman"] / dense_rho
-    print(f"\nall-MiniLM-L6-v2, calibration wiki-embedded {args.calib_samples}x{args.calib_len}, STS-B dev\n")
+    print(f"\nall-MiniLM-L6-v2, calibration {args.calib} {args.calib_samples}x{args.calib_len}, STS-B dev\n")
     print(markdown_table(rows, [("method", "method", "{}"), ("ratio", "ratio", "{:.0%}"),
                                 ("achieved", "achieved", "{:.1%}"), ("STS-B Spearman", "spearman", "{:.4f}"),
                                 ("% of dense", "kept", "{:.1%}"), ("STS-B probe acc", "probe_acc", "{:.4f}"),
