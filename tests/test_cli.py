@@ -11,7 +11,7 @@ import transformers
 from transformers import AutoTokenizer
 
 from reprune.checkpoint import load
-from reprune.cli import main
+from reprune.cli import build_config, build_parser, main
 from reprune.models import smollm2_path
 
 CORPUS = (
@@ -94,3 +94,11 @@ def test_bad_input_names_the_problem(tiny_dir: Path, corpus: Path, tmp_path: Pat
     assert message in capsys.readouterr().err
     assert not out.exists()
     assert not any(p.name.startswith(".out.partial-") for p in tmp_path.iterdir())
+
+
+def test_preset_fields_can_be_overridden_from_the_command_line() -> None:
+    parse = build_parser().parse_args
+    base = ["prune", "--model", "smollm2", "--out", "x", "--method", "goa"]
+    assert build_config(parse(base)).recovery_alpha == 1e-4  # the paper's ridge
+    config = build_config(parse([*base, "--recovery-alpha", "0.01", "--num-samples", "64", "--reconstruct", "liar"]))
+    assert (config.recovery_alpha, config.num_samples, config.reconstruction, config.recovery) == (0.01, 64, "liar", "goa")

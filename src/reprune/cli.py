@@ -66,6 +66,8 @@ def _add_prune_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-first", type=int, help="leave the first k blocks dense")
     parser.add_argument("--keep-last", type=int, help="leave the last k blocks dense")
     parser.add_argument("--alpha", type=float, help="relative ridge of LIAR / dense-target (default 1e-2)")
+    parser.add_argument("--recovery-alpha", type=float,
+                        help="relative ridge of GOA's recovery (default 1e-4, the paper's; raise it for small calibration sets)")
     parser.add_argument("--tau", type=float, help="head-similarity threshold (JS divergence)")
     parser.add_argument("--calib", default="wiki-embedded",
                         help="calibration text: 'wiki-embedded', 'self-generated', a .txt/.jsonl file or a HF dataset")
@@ -87,6 +89,7 @@ def build_config(args: argparse.Namespace):
         "ffn_criterion": args.ffn_criterion, "reconstruction": args.reconstruct, "recovery": args.recovery,
         "allocation": args.allocation, "targets": args.targets, "gqa_mode": args.gqa_mode,
         "keep_first": args.keep_first, "keep_last": args.keep_last, "alpha": args.alpha,
+        "recovery_alpha": args.recovery_alpha,
         "num_samples": args.num_samples, "seq_len": args.seq_len, "batch_size": args.batch_size,
         "seed": args.seed, "device": args.device,
     }
