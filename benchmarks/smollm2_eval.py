@@ -4,7 +4,8 @@ Each variant is pruned, saved with :func:`reprune.checkpoint.save_pruned`, loade
 checkpoint a user would ship) and evaluated: zero-shot accuracy on the shared task files (lm-eval's
 log-likelihood scoring, first ``--limit`` items of each), WikiText-2 test perplexity at length 512,
 bytes on disk, and prefill / KV-cached decode throughput at the same batch and length as the dense model.
-A variant is ``PRESET`` or ``PRESET:RECONSTRUCTION`` (e.g. ``goa:liar`` = the GOA preset, then LIAR).
+A variant is ``PRESET`` followed by ``:RECONSTRUCTION`` and/or ``:FIELD=VALUE`` changes (e.g. ``goa:liar`` =
+the GOA preset, then LIAR; ``goa:liar:recovery=none`` = GOA's criteria and kept blocks, LIAR, no recovery).
 
     python -m benchmarks.smollm2_eval --variants liar,goa --ratios 0.2,0.5 --limit 300
 """
@@ -34,7 +35,7 @@ TASKS = "boolq,piqa,winogrande,arc_easy,arc_challenge,openbookqa,lambada"
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--variants", default="liar,goa", help="PRESET or PRESET:RECONSTRUCTION, comma-separated")
+    p.add_argument("--variants", default="liar,goa", help="PRESET[:RECONSTRUCTION][:FIELD=VALUE...], comma-separated")
     p.add_argument("--ratios", default="0.2,0.5")
     p.add_argument("--tasks", default=TASKS)
     p.add_argument("--limit", type=int, default=None, help="first N items of each task (default: all)")
@@ -85,8 +86,13 @@ def main() -> None:
                                              **evaluate(dense, tokenizer, source, args)})]
     for ratio in [float(r) for r in args.ratios.split(",")]:
         for variant in [v for v in args.variants.split(",") if v]:
-            preset, _, reconstruction = variant.partition(":")
-            overrides = {"reconstruction": reconstruction} if reconstruction else {}
+            preset, *changes = variant.split(":")
+            overrides: dict[str, Any] = {}
+            for change in changes:  # RECONSTRUCTION, or FIELD=VALUE (e.g. recovery=none, num_samples=64)
+                field, is_pair, value = change.partition("=")
+                if not is_pair:
+                    field, value = "reconstruction", change
+                overrides[field] = int(value) if value.isdigit() else value
 
             def job(preset: str = preset, overrides: dict = overrides, ratio: float = ratio,
                     variant: str = variant) -> dict[str, Any]:
