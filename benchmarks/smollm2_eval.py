@@ -48,9 +48,9 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def evaluate(model: torch.nn.Module, tokenizer: Any, folder: Path, args: argparse.Namespace) -> dict[str, Any]:
+def evaluate(model: torch.nn.Module, tokenizer: Any, folder: Path, text: str, args: argparse.Namespace
+             ) -> dict[str, Any]:
     """Every number of one row: tasks, perplexity, size and speed of the checkpoint in ``folder``."""
-    text = read_text_file(shared_data_dir() / "wikitext-2-raw" / "canonical" / "wiki.test.raw")
     start = time.perf_counter()
     tasks = evaluate_tasks(model, tokenizer, [t for t in args.tasks.split(",") if t], limit=args.limit,
                            batch_size=args.batch_size, device=args.device, progress=False)
@@ -80,10 +80,11 @@ def main() -> None:
     source = smollm2_path()
     tokenizer = AutoTokenizer.from_pretrained(source)
     dense = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+    text = read_text_file(shared_data_dir() / "wikitext-2-raw" / "canonical" / "wiki.test.raw")
     log = ResultLog(RESULTS / f"{args.tag}.jsonl")
     key = f"limit{args.limit}-tok{args.eval_tokens}-{args.device}"
     rows = [log.run(f"dense-{key}", lambda: {"variant": "dense", "ratio": 0.0, "achieved": 0.0,
-                                             **evaluate(dense, tokenizer, source, args)})]
+                                             **evaluate(dense, tokenizer, source, text, args)})]
     for ratio in [float(r) for r in args.ratios.split(",")]:
         for variant in [v for v in args.variants.split(",") if v]:
             preset, *changes = variant.split(":")
@@ -107,7 +108,7 @@ def main() -> None:
                 reloaded = load(folder, dtype=torch.float32).eval()  # what a user would evaluate
                 return {"variant": variant, "ratio": ratio, "achieved": report["parameters"]["ratio_prunable"],
                         "prune_seconds": seconds, "calibration": f"{config.num_samples}x{config.seq_len}",
-                        **evaluate(reloaded, tokenizer, folder, args)}
+                        **evaluate(reloaded, tokenizer, folder, text, args)}
 
             print(f"running {variant} at {ratio:.0%} …", flush=True)
             rows.append(log.run(f"{variant}-r{ratio}-{key}", job))

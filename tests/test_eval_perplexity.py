@@ -11,16 +11,12 @@ import torch
 import transformers
 
 from reprune.evaluation.perplexity import perplexity, read_text_file
+from tiny_models import tiny_llama_for
 
 
 @pytest.fixture(scope="module")
 def tiny_llama(tokenizer) -> transformers.LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-    )
-    return transformers.LlamaForCausalLM(config).eval()
+    return tiny_llama_for(tokenizer, max_positions=128)
 
 
 def sample_text(words: int = 400, seed: int = 0) -> str:

@@ -14,18 +14,14 @@ from torch import nn
 
 from reprune.evaluation.tasks import MultipleChoiceItem
 from reprune.evaluation.zero_shot import encode_pair, evaluate_items, evaluate_task, loglikelihoods
+from tiny_models import tiny_llama_for
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tasks"
 
 
 @pytest.fixture(scope="module")
 def tiny_llama(tokenizer) -> nn.Module:
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-    )
-    return transformers.LlamaForCausalLM(config).eval()
+    return tiny_llama_for(tokenizer, max_positions=256)
 
 
 class ConstantLM(nn.Module):

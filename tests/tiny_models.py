@@ -56,6 +56,16 @@ def tiny_model(family: str, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
+def tiny_llama_for(tokenizer, max_positions: int) -> transformers.LlamaForCausalLM:
+    """A tiny GQA LLaMA over a real tokenizer's vocabulary (for evaluation code that tokenizes text)."""
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions,
+    )
+    return transformers.LlamaForCausalLM(config).eval()
+
+
 def calibration_batch(num_samples: int = 16, seq_len: int = 16, seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(4, VOCAB, (num_samples, seq_len), generator=generator)
