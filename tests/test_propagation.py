@@ -1,4 +1,5 @@
-"""Propagating a pre-norm block (pruned and dense path) from its FFN's statistics pass equals running it again."""
+"""Propagation shortcuts equal the plain path: a pre-norm block (pruned and dense path) propagated from its
+FFN's statistics pass, and data-free methods, which run no calibration at all."""
 
 from __future__ import annotations
 
@@ -42,3 +43,35 @@ def test_ffn_tail_propagation_matches_running_the_block(
         assert a["kept_units"] == b["kept_units"]
         assert a["error"] == pytest.approx(b["error"], rel=1e-4, abs=1e-7)
     torch.testing.assert_close(model_output(fast, ids), model_output(slow, ids), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("criterion, allocation", [("magnitude", "uniform"), ("random", "global")])
+def test_data_free_methods_run_no_block_and_equal_the_calibrated_run(
+    family: str, criterion: str, allocation: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = calibration_batch(16, 16)
+    config = PruneConfig(ratio=0.3, criterion=criterion, reconstruction="none", allocation=allocation, batch_size=8)
+    calls: list[str] = []
+    capture, run_block = pipeline.capture_block_inputs, pipeline.run_block
+    monkeypatch.setattr(pipeline, "capture_block_inputs", lambda *a, **k: calls.append("capture") or capture(*a, **k))
+    monkeypatch.setattr(pipeline, "run_block", lambda *a: calls.append("block") or run_block(*a))
+    free, free_report = prune(tiny_model(family), ids, config, progress=False)
+    assert calls == [], "a method that reads no statistics must not run the calibration data"
+    assert not free_report["calibration"]["used"]
+    assert all(layer["error"] is None and layer["error_none"] is None for layer in free_report["layers"])
+
+    monkeypatch.setattr(pipeline, "_data_free", lambda config: False)  # reference: calibrate anyway
+    calibrated, calibrated_report = prune(tiny_model(family), ids, config, progress=False)
+    assert "capture" in calls and calibrated_report["calibration"]["used"]
+    assert all(layer["error"] is not None for layer in calibrated_report["layers"])
+    assert [r["kept_units"] for r in free_report["layers"]] == [r["kept_units"] for r in calibrated_report["layers"]]
+    torch.testing.assert_close(model_output(free, ids), model_output(calibrated, ids))
+
+
+@pytest.mark.parametrize("criterion, reconstruction", [("flap", "none"), ("magnitude", "bias")])
+def test_methods_reading_statistics_are_calibrated(criterion: str, reconstruction: str) -> None:
+    config = PruneConfig(ratio=0.3, criterion=criterion, reconstruction=reconstruction, batch_size=8)
+    _, report = prune(tiny_model("llama"), calibration_batch(16, 16), config, progress=False)
+    assert report["calibration"]["used"]
+    assert all(layer["error"] is not None for layer in report["layers"])

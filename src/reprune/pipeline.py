@@ -114,8 +114,8 @@ class LayerRecord:
     units_before: int
     units_after: int
     kept_units: list[int]
-    error_none: float  # relative output error of plain pruning on the calibration rows
-    error: float  # relative output error after the chosen reconstruction
+    error_none: float | None  # relative output error of plain pruning on the calibration rows (None: data-free)
+    error: float | None  # relative output error after the chosen reconstruction
     seconds_stats: float
     seconds_solve: float
 
@@ -140,6 +140,12 @@ def _uses_dense_path(config: PruneConfig) -> bool:
     return config.recovery == "goa" or any(
         n in {"level2_cross", "level1_cross"} for kind in ("attention", "ffn") for n in _needs(config, kind)
     )
+
+
+def _data_free(config: PruneConfig) -> bool:
+    """True when neither the criteria nor the reconstruction read calibration statistics (e.g. magnitude or
+    random with ``none``): the result cannot depend on the calibration text, so none is run."""
+    return config.recovery == "none" and not any(_needs(config, kind) for kind in config.kinds)
 
 
 def _always_processed(config: PruneConfig, kind: str) -> bool:
@@ -189,10 +195,11 @@ def goa_recover(
     return restat(final_needs)
 
 
-def _score_pass(model: nn.Module, adapter: ModelAdapter, acts: Activations, config: PruneConfig,
+def _score_pass(model: nn.Module, adapter: ModelAdapter, acts: Activations | None, config: PruneConfig,
                 eligible: set[tuple[int, str]], generator: torch.Generator,
                 device: torch.device) -> dict[tuple[int, str], torch.Tensor]:
-    """Scores of every eligible module on the dense model (global allocation needs all layers' scores)."""
+    """Scores of every eligible module on the dense model (global allocation needs all layers' scores);
+    ``acts`` None: a data-free criterion, no block is run."""
     scores: dict[tuple[int, str], torch.Tensor] = {}
     blocks = adapter.blocks()
     for index in tqdm(range(len(blocks)), desc="scoring (global allocation)", leave=False):
@@ -203,9 +210,11 @@ def _score_pass(model: nn.Module, adapter: ModelAdapter, acts: Activations, conf
             if (index, module.kind) not in eligible:
                 continue
             crit = get_criterion(config.criterion_for(module.kind))
-            stats = collect_module_stats(block, module, acts, crit.needs - {"level2_cross", "level1_cross"})
+            stats = (ModuleStats() if acts is None else
+                     collect_module_stats(block, module, acts, crit.needs - {"level2_cross", "level1_cross"}))
             scores[(index, module.kind)] = crit.score(module, stats, generator).cpu()
-        acts = run_block(block, acts)
+        if acts is not None:
+            acts = run_block(block, acts)
         block.to(home)
     return scores
 
@@ -238,8 +247,9 @@ def prune(
 
     # attention probabilities come from eager attention, which needs the explicit masks it builds
     wants_probabilities = any("head_divergence" in _needs(config, kind) for kind in config.kinds)
-    acts = capture_block_inputs(model, adapter, calibration_ids, config.batch_size, device,
-                                attn_implementation="eager" if wants_probabilities else None)
+    data_free = _data_free(config)
+    acts = None if data_free else capture_block_inputs(model, adapter, calibration_ids, config.batch_size, device,
+                                                       attn_implementation="eager" if wants_probabilities else None)
     two_path = _uses_dense_path(config)
     dense_acts = acts.clone() if two_path else None
     seconds_capture = time.perf_counter() - started
@@ -266,7 +276,7 @@ def prune(
             n_remove = counts[(index, kind)]
             if n_remove == 0 and not ((index, kind) in eligible and _always_processed(config, kind)):
                 continue
-            residual_module = adapter.ffn_residual(block) if kind == "ffn" else None
+            residual_module = adapter.ffn_residual(block) if kind == "ffn" and acts is not None else None
             if residual_module is not None:
                 tails = (FfnTail(residual_module),
                          FfnTail(adapter.ffn_residual(dense_block)) if dense_block is not None else None)
@@ -275,7 +285,7 @@ def prune(
         if tails is not None:  # the FFN was pruned last: its statistics pass already saw all but level 2
             ffn = adapter.modules_of(block, index)[1]
             acts = tails[0].outputs(ffn.level2.module, ffn.unit_channels(records[-1].kept_units), acts)
-        else:
+        elif acts is not None:
             acts = run_block(block, acts)
         if dense_block is not None:
             dense_tail = tails[1] if tails is not None else None
@@ -288,12 +298,12 @@ def prune(
         del dense_block
 
     report = _report(model, adapter, config, records, counts, params_before, prunable_before,
-                     calibration_ids, seconds_capture, time.perf_counter() - started)
+                     calibration_ids, not data_free, seconds_capture, time.perf_counter() - started)
     return model, report
 
 
 def _prune_module(adapter: ModelAdapter, block: nn.Module, module: Depth2Module, dense_block: nn.Module | None,
-                  dense_module: Depth2Module | None, acts: Activations, dense_acts: Activations | None,
+                  dense_module: Depth2Module | None, acts: Activations | None, dense_acts: Activations | None,
                   n_remove: int, config: PruneConfig, generator: torch.Generator,
                   tails: tuple[FfnTail, FfnTail | None] | None = None) -> LayerRecord:
     """Calibrate, (recover,) score, select, reconstruct and shrink one module.
@@ -309,7 +319,9 @@ def _prune_module(adapter: ModelAdapter, block: nn.Module, module: Depth2Module,
                                     *(tails or (None, None)))
 
     tick = time.perf_counter()
-    if config.recovery == "goa":
+    if acts is None:  # a data-free method (see _data_free)
+        stats = ModuleStats()
+    elif config.recovery == "goa":
         stats = goa_recover(module, dense_module, config.recovery_alpha, restat, needs)
     else:
         stats = restat(needs)
@@ -331,11 +343,13 @@ def _prune_module(adapter: ModelAdapter, block: nn.Module, module: Depth2Module,
     new_weight, new_bias = reconstruction.fn(inp)
     if not torch.isfinite(new_weight).all() or (new_bias is not None and not torch.isfinite(new_bias).all()):
         raise FloatingPointError(f"{module.name}: reconstruction produced NaN/Inf weights")
-    full_w, full_b = inp.weight, inp.bias
-    energy = max(output_energy(stats.level2_in, full_w, full_b), 1e-30)
-    plain_bias = full_b if module.level2.bias() is not None else None
-    error_none = output_error(stats.level2_in, full_w, full_b, kept, full_w[kept], plain_bias) / energy
-    error = output_error(stats.level2_in, full_w, full_b, kept, new_weight, new_bias) / energy
+    error_none = error = None  # no calibration rows to measure them on
+    if stats.level2_in.n:
+        full_w, full_b = inp.weight, inp.bias
+        energy = max(output_energy(stats.level2_in, full_w, full_b), 1e-30)
+        plain_bias = full_b if module.level2.bias() is not None else None
+        error_none = output_error(stats.level2_in, full_w, full_b, kept, full_w[kept], plain_bias) / energy
+        error = output_error(stats.level2_in, full_w, full_b, kept, new_weight, new_bias) / energy
     seconds_solve = time.perf_counter() - tick
 
     shrink_module(adapter, module, kept_units, new_weight, new_bias)
@@ -345,7 +359,7 @@ def _prune_module(adapter: ModelAdapter, block: nn.Module, module: Depth2Module,
 
 def _report(model: nn.Module, adapter: ModelAdapter, config: PruneConfig, records: list[LayerRecord],
             counts: dict, params_before: int, prunable_before: int, calibration_ids: torch.Tensor,
-            seconds_capture: float, seconds_total: float) -> dict[str, Any]:
+            calibrated: bool, seconds_capture: float, seconds_total: float) -> dict[str, Any]:
     params_after = sum(p.numel() for p in model.parameters())
     prunable_after = prunable_parameters(adapter)
     return {
@@ -363,7 +377,7 @@ def _report(model: nn.Module, adapter: ModelAdapter, config: PruneConfig, record
         "layers": [asdict(r) for r in records],
         "shapes": layer_shapes(adapter),
         "calibration": {"num_samples": int(calibration_ids.shape[0]), "seq_len": int(calibration_ids.shape[1]),
-                        "seed": config.seed},
+                        "seed": config.seed, "used": calibrated},
         "timings": {
             "total_seconds": seconds_total,
             "capture_seconds": seconds_capture,

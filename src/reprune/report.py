@@ -508,7 +508,7 @@ def build_document(runs: list[Run], dense: dict[str, Any] | None, assets: Path) 
         doc.append(("h3", f"{run.name}: {run.label}, {run.params['ratio_prunable']:.1%} removed"))
         images.append(plot_kept(run, rows, assets / f"kept_{_slug(run.name)}.png"))
         doc.append(("img", Image(images[-1], f"{run.name}: kept heads and neurons per block")))
-        if run.report["layers"]:
+        if any(layer["error"] is not None for layer in run.report["layers"]):  # data-free runs measure none
             images.append(plot_errors(run, rows, assets / f"error_{_slug(run.name)}.png"))
             doc.append(("img", Image(images[-1], f"{run.name}: relative output error per block")))
         doc.append(("table", layer_table(rows)))

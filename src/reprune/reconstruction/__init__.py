@@ -30,15 +30,14 @@ class ReconstructionInput:
 
     @property
     def weight(self) -> torch.Tensor:
-        """Current level-2 weight W, (in, out), float64, on the statistics' device."""
-        w = self.module.level2.weight().detach().T.to(torch.float64)
-        return w.to(self.stats.level2_in.gram.device)
+        """Current level-2 weight W, (in, out), float64, on the module's device (where the statistics are)."""
+        return self.module.level2.weight().detach().T.to(torch.float64)
 
     @property
     def bias(self) -> torch.Tensor:
         b = self.module.level2.bias()
         out = self.module.level2.out_features
-        device = self.stats.level2_in.gram.device
+        device = self.module.level2.weight().device
         return torch.zeros(out, dtype=torch.float64, device=device) if b is None else b.detach().to(device, torch.float64)
 
 

@@ -15,7 +15,7 @@ def no_reconstruction(inp: ReconstructionInput) -> Result:
     return inp.weight[inp.kept], None if bias is None else inp.bias
 
 
-@register("bias", description="FLAP's compensation: b' = b + W_mᵀ μ_m")
+@register("bias", needs={"level2_in"}, description="FLAP's compensation: b' = b + W_mᵀ μ_m")
 def bias_compensation(inp: ReconstructionInput) -> Result:
     mu = inp.stats.level2_in.mean
     w = inp.weight
@@ -41,7 +41,7 @@ def liar_weights(inp: ReconstructionInput) -> Result:
     return w[inp.kept] + q @ w_m, inp.bias + w_m.T @ c
 
 
-@register("liar", description="LIAR: W_u' = W_u + Q W_m, b' = b + W_mᵀ c (least-squares interpolation)")
+@register("liar", needs={"level2_in"}, description="LIAR: W_u' = W_u + Q W_m, b' = b + W_mᵀ c (least-squares interpolation)")
 def liar(inp: ReconstructionInput) -> Result:
     return liar_weights(inp)
 
