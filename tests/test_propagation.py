@@ -1,5 +1,5 @@
-"""Propagation shortcuts equal the plain path: a pre-norm block (pruned and dense path) propagated from its
-FFN's statistics pass, and data-free methods, which run no calibration at all."""
+"""Propagation shortcuts equal the plain path: a pre-norm block (pruned and dense path) fed and propagated from
+its attention's and FFN's statistics passes, and data-free methods, which run no calibration at all."""
 
 from __future__ import annotations
 
@@ -12,15 +12,25 @@ from reprune.pipeline import PruneConfig, prune
 from tiny_models import FAMILIES, calibration_batch, model_output, tiny_model
 
 
+def _count_attention_runs(model: torch.nn.Module, calls: list[int]) -> None:
+    for index in range(len(get_adapter(model).blocks())):
+        attention = get_adapter(model).depth2_modules(index)[0].parent
+        attention.register_forward_pre_hook(lambda *_: calls.append(1))
+
+
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("reconstruction, recovery", [("liar", "none"), ("bias", "goa"), ("dense-target", "none")])
-def test_ffn_tail_propagation_matches_running_the_block(
-    family: str, reconstruction: str, recovery: str, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("reconstruction, recovery, targets", [
+    ("liar", "none", "both"), ("bias", "goa", "both"), ("dense-target", "none", "both"), ("liar", "none", "attention"),
+])
+def test_residual_tail_propagation_matches_running_the_block(
+    family: str, reconstruction: str, recovery: str, targets: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ids = calibration_batch(16, 16)
-    config = PruneConfig(ratio=0.3, criterion="wanda-sp", reconstruction=reconstruction, recovery=recovery,
-                         batch_size=8)
+    batches = 2
+    config = PruneConfig(ratio=0.3 if targets == "both" else 0.1, criterion="wanda-sp",
+                         reconstruction=reconstruction, recovery=recovery, targets=targets, batch_size=8)
     calls: list[int] = []
+    attention_runs: list[int] = []
     run_block = pipeline.run_block
 
     def counted(block: torch.nn.Module, acts: pipeline.Activations) -> pipeline.Activations:
@@ -28,17 +38,31 @@ def test_ffn_tail_propagation_matches_running_the_block(
         return run_block(block, acts)
 
     monkeypatch.setattr(pipeline, "run_block", counted)
-    fast, fast_report = prune(tiny_model(family), ids, config, progress=False)
-    fast_calls, calls[:] = len(calls), []
+    model = tiny_model(family)
+    _count_attention_runs(model, attention_runs)
+    fast, fast_report = prune(model, ids, config, progress=False)
+    fast_calls, fast_attention, calls[:], attention_runs[:] = len(calls), len(attention_runs), [], []
     adapter = get_adapter(tiny_model(family))
     supported = adapter.ffn_residual(adapter.blocks()[0]) is not None
-    monkeypatch.setattr(type(adapter), "ffn_residual", lambda self, block: None)  # reference: run every block
-    slow, slow_report = prune(tiny_model(family), ids, config, progress=False)
+    # reference: run every block again, and its attention again for the FFN's statistics
+    monkeypatch.setattr(type(adapter), "ffn_residual", lambda self, block: None)
+    monkeypatch.setattr(type(adapter), "attention_residual", lambda self, block: None)
+    model = tiny_model(family)
+    _count_attention_runs(model, attention_runs)
+    slow, slow_report = prune(model, ids, config, progress=False)
 
-    runs = len(adapter.blocks()) * (1 if reconstruction == "liar" else 2)  # two-path methods: dense blocks too
+    blocks = len(adapter.blocks())
+    runs = blocks * (1 if reconstruction == "liar" else 2)  # two-path methods: dense blocks too
     assert len(calls) == runs
-    assert fast_calls == (0 if supported else runs), "the FFN tails must replace the block re-runs"
     assert supported == (family != "bert")
+    if targets == "attention":  # the unpruned FFN still runs, from the post-attention stream
+        assert fast_calls == runs
+        assert fast_attention == (1 if supported else 2) * blocks * batches
+    else:
+        assert fast_calls == (0 if supported else runs), "the residual tails must replace the block re-runs"
+    if reconstruction == "liar" and targets == "both":  # attention runs once per batch, not three times
+        assert len(attention_runs) == 3 * blocks * batches
+        assert fast_attention == (1 if supported else 3) * blocks * batches
     for a, b in zip(fast_report["layers"], slow_report["layers"]):
         assert a["kept_units"] == b["kept_units"]
         assert a["error"] == pytest.approx(b["error"], rel=1e-4, abs=1e-7)

@@ -36,12 +36,14 @@ class Activations:
 
 
 @dataclass
-class FfnTail:
-    """Per batch, the residual stream a pre-norm block adds its FFN output to, and the FFN's level-2 input.
+class ResidualTail:
+    """Per batch, the residual stream a pre-norm branch (attention or FFN) adds its output to, and the
+    branch's level-2 input.
 
-    Kept by the FFN's statistics pass (see :meth:`ModelAdapter.ffn_residual`) so that, once the FFN is
-    pruned, the block's output is ``residual + level2(level-2 input[..., kept])``: the block is not run a
-    third time. Costs the memory of the level-2 inputs of the calibration set.
+    Kept by the module's statistics pass (see :meth:`ModelAdapter.attention_residual` and
+    :meth:`ModelAdapter.ffn_residual`) so that, once the module is pruned, the stream after the branch is
+    ``residual + level2(level-2 input[..., kept])``: the branch is not run again. Costs the memory of the
+    level-2 inputs of the calibration set.
     """
 
     residual_module: nn.Module
@@ -54,13 +56,26 @@ class FfnTail:
 
     @torch.inference_mode()
     def outputs(self, level2: nn.Module, kept: torch.Tensor | None, inputs: Activations) -> Activations:
-        """The block's outputs: ``level2`` is the (pruned) projection, ``kept`` its input columns (None: all)."""
+        """The stream after the branch: ``level2`` is the (pruned) projection, ``kept`` its input columns
+        (None: all); ``inputs`` are the branch's inputs, whose shapes and block arguments are kept."""
         hidden = []
         for residual, level2_in, block_in in zip(self.residual, self.level2_in, inputs.hidden):
             x = level2_in if kept is None else level2_in[..., kept.to(level2_in.device)]
             out = residual + level2(x)
             hidden.append(out.reshape(block_in.shape))
         return Activations(hidden, inputs.kwargs)
+
+
+class AfterAttention:
+    """The part of a pre-norm block after its attention, called like the block on the post-attention
+    stream (the block's other arguments are ignored): statistics and propagation of its FFN without
+    running attention again."""
+
+    def __init__(self, adapter: ModelAdapter, block: nn.Module) -> None:
+        self.adapter, self.block = adapter, block
+
+    def __call__(self, hidden: torch.Tensor, **_block_kwargs: Any) -> torch.Tensor:
+        return self.adapter.after_attention(self.block, hidden)
 
 
 def _params_outside(model: nn.Module, blocks: nn.ModuleList) -> list[nn.Module]:
@@ -147,14 +162,14 @@ def capture_block_inputs(
 
 
 @torch.inference_mode()
-def run_block(block: nn.Module, acts: Activations) -> Activations:
+def run_block(block: nn.Module | AfterAttention, acts: Activations) -> Activations:
     """Propagate activations through one block."""
     outputs = [block_output(block(h, **kw)) for h, kw in zip(acts.hidden, acts.kwargs)]
     return Activations(outputs, acts.kwargs)
 
 
 @torch.inference_mode()
-def _capture(block: nn.Module, module: Depth2Module, hidden: torch.Tensor, kwargs: dict,
+def _capture(block: nn.Module | AfterAttention, module: Depth2Module, hidden: torch.Tensor, kwargs: dict,
              want_level1: bool, want_attention: bool = False, residual_module: nn.Module | None = None
              ) -> dict[str, Any]:
     """One forward of ``block`` stopping once the module's level-2 input (and, with ``want_attention``,
@@ -208,15 +223,15 @@ def _capture(block: nn.Module, module: Depth2Module, hidden: torch.Tensor, kwarg
 
 
 def collect_module_stats(
-    block: nn.Module,
+    block: nn.Module | AfterAttention,
     module: Depth2Module,
     pruned: Activations,
     needs: frozenset[str],
-    dense_block: nn.Module | None = None,
+    dense_block: nn.Module | AfterAttention | None = None,
     dense_module: Depth2Module | None = None,
     dense: Activations | None = None,
-    tail: FfnTail | None = None,
-    dense_tail: FfnTail | None = None,
+    tail: ResidualTail | None = None,
+    dense_tail: ResidualTail | None = None,
 ) -> ModuleStats:
     """Accumulate the statistics ``needs`` asks for over all calibration batches.
 

@@ -29,7 +29,14 @@ from reprune.allocation import (
     projection_params,
     select_units,
 )
-from reprune.calibration import Activations, FfnTail, capture_block_inputs, collect_module_stats, run_block
+from reprune.calibration import (
+    Activations,
+    AfterAttention,
+    ResidualTail,
+    capture_block_inputs,
+    collect_module_stats,
+    run_block,
+)
 from reprune.criteria import get_criterion
 from reprune.reconstruction import ReconstructionInput, get_reconstruction, output_energy, output_error
 from reprune.reconstruction.closed_form import ridge_to_dense
@@ -270,30 +277,41 @@ def prune(
         block.to(device)
         dense_block = copy.deepcopy(block) if two_path else None
         dense_modules = adapter.modules_of(dense_block, index) if dense_block is not None else [None, None]
-        tails: tuple[FfnTail, FfnTail | None] | None = None
+        # each path runs the whole block on its input until a pruned attention leaves a residual tail; then
+        # the rest of the block (AfterAttention) runs on the post-attention stream built from that tail
+        runner, stream, dense_runner, dense_stream = block, acts, dense_block, dense_acts
+        block_out = dense_out = tails = after = dense_after = None
         for position, kind in enumerate(("attention", "ffn")):
             module = adapter.modules_of(block, index)[position]  # re-read: surgery replaced modules
             n_remove = counts[(index, kind)]
             if n_remove == 0 and not ((index, kind) in eligible and _always_processed(config, kind)):
                 continue
-            residual_module = adapter.ffn_residual(block) if kind == "ffn" and acts is not None else None
-            if residual_module is not None:
-                tails = (FfnTail(residual_module),
-                         FfnTail(adapter.ffn_residual(dense_block)) if dense_block is not None else None)
-            records.append(_prune_module(adapter, block, module, dense_block, dense_modules[position],
-                                         acts, dense_acts, n_remove, config, generator, tails))
-        if tails is not None:  # the FFN was pruned last: its statistics pass already saw all but level 2
-            ffn = adapter.modules_of(block, index)[1]
-            acts = tails[0].outputs(ffn.level2.module, ffn.unit_channels(records[-1].kept_units), acts)
-        elif acts is not None:
-            acts = run_block(block, acts)
+            residual_of = adapter.attention_residual if kind == "attention" else adapter.ffn_residual
+            tails = None
+            if acts is not None and residual_of(block) is not None:
+                tails = (ResidualTail(residual_of(block)),
+                         ResidualTail(residual_of(dense_block)) if dense_block is not None else None)
+            record = _prune_module(adapter, runner, module, dense_runner, dense_modules[position], stream,
+                                   dense_stream, n_remove, config, generator, tails)
+            records.append(record)
+            if tails is None:
+                continue
+            shrunk = adapter.modules_of(block, index)[position]
+            after = tails[0].outputs(shrunk.level2.module, shrunk.unit_channels(record.kept_units), stream)
+            dense_tail = tails[1]  # filled when a two-path statistics pass ran the dense block too
+            dense_after = (dense_tail.outputs(dense_modules[position].level2.module, None, dense_stream)
+                           if dense_tail is not None and dense_tail.level2_in else None)
+            if kind == "attention":
+                runner, stream = AfterAttention(adapter, block), after
+                if dense_after is not None:
+                    dense_runner, dense_stream = AfterAttention(adapter, dense_block), dense_after
+            else:  # the FFN is the block's last step
+                block_out, dense_out = after, dense_after
+        if acts is not None:
+            acts = block_out if block_out is not None else run_block(runner, stream)
         if dense_block is not None:
-            dense_tail = tails[1] if tails is not None else None
-            if dense_tail is not None and dense_tail.level2_in:  # a two-path FFN pass saw the dense block too
-                dense_acts = dense_tail.outputs(dense_modules[1].level2.module, None, dense_acts)
-            else:
-                dense_acts = run_block(dense_block, dense_acts)
-        del tails
+            dense_acts = dense_out if dense_out is not None else run_block(dense_runner, dense_stream)
+        del tails, after, dense_after, block_out, dense_out, runner, stream, dense_runner, dense_stream
         block.to(home)
         del dense_block
 
@@ -302,13 +320,16 @@ def prune(
     return model, report
 
 
-def _prune_module(adapter: ModelAdapter, block: nn.Module, module: Depth2Module, dense_block: nn.Module | None,
-                  dense_module: Depth2Module | None, acts: Activations | None, dense_acts: Activations | None,
-                  n_remove: int, config: PruneConfig, generator: torch.Generator,
-                  tails: tuple[FfnTail, FfnTail | None] | None = None) -> LayerRecord:
+def _prune_module(adapter: ModelAdapter, block: nn.Module | AfterAttention, module: Depth2Module,
+                  dense_block: nn.Module | AfterAttention | None, dense_module: Depth2Module | None,
+                  acts: Activations | None, dense_acts: Activations | None, n_remove: int, config: PruneConfig,
+                  generator: torch.Generator,
+                  tails: tuple[ResidualTail, ResidualTail | None] | None = None) -> LayerRecord:
     """Calibrate, (recover,) score, select, reconstruct and shrink one module.
 
-    ``tails`` (pruned path, dense path), for a pre-norm block's FFN, keep what block propagation reuses.
+    ``block``/``acts`` run the block up to this module (the whole block on its input, or AfterAttention
+    on the post-attention stream); ``tails`` (pruned path, dense path), for a pre-norm branch, keep what
+    propagation reuses.
     """
     criterion = get_criterion(config.criterion_for(module.kind))
     reconstruction = get_reconstruction(config.reconstruction)

@@ -149,6 +149,22 @@ class ModelAdapter:
         """
         return None
 
+    def attention_residual(self, block: nn.Module) -> nn.Module | None:
+        """The module whose input is the residual stream the attention output is added to (a pre-norm
+        block's input norm, whose input is the block's input), or None for post-norm blocks.
+
+        With :meth:`after_attention`, lets the pipeline feed a block's FFN from what the attention's
+        statistics pass saw (residual + new level 2 of the level-2 input) instead of running attention again.
+        """
+        return None
+
+    def after_attention(self, block: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        """The block's output given the residual stream after its attention: ``hidden + ffn(norm(hidden))``.
+
+        Needed only by adapters whose :meth:`attention_residual` is not None.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot run a block from its post-attention stream")
+
     def set_head_counts(self, module: Depth2Module, num_heads: int, num_kv_heads: int) -> None:
         """Update the attention module's attributes after its heads were removed."""
         for name, value in self.attention_attributes(num_heads, num_kv_heads, module.unit_width).items():

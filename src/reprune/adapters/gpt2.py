@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from reprune.adapters.base import Depth2Module, Level1Part, ModelAdapter, Projection
@@ -48,6 +49,12 @@ class GPT2Adapter(ModelAdapter):
 
     def ffn_residual(self, block: nn.Module) -> nn.Module:
         return block.ln_2  # out = h + mlp(ln_2(h))
+
+    def attention_residual(self, block: nn.Module) -> nn.Module:
+        return block.ln_1
+
+    def after_attention(self, block: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden + block.mlp(block.ln_2(hidden))
 
     def attention_attributes(self, num_heads: int, num_kv_heads: int, head_dim: int) -> dict[str, int]:
         return {"num_heads": num_heads, "split_size": num_heads * head_dim}

@@ -38,6 +38,12 @@ class LlamaAdapter(ModelAdapter):
     def ffn_residual(self, block: nn.Module) -> nn.Module:
         return block.post_attention_layernorm  # out = h + mlp(post_attention_layernorm(h))
 
+    def attention_residual(self, block: nn.Module) -> nn.Module:
+        return block.input_layernorm
+
+    def after_attention(self, block: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden + block.mlp(block.post_attention_layernorm(hidden))
+
     def attention_attributes(self, num_heads: int, num_kv_heads: int, head_dim: int) -> dict[str, int]:
         return {"num_key_value_groups": num_heads // num_kv_heads}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from reprune.adapters.base import Depth2Module, Level1Part, ModelAdapter, Projection, qkv_attention
@@ -35,6 +36,12 @@ class OPTAdapter(ModelAdapter):
     def ffn_residual(self, block: nn.Module) -> nn.Module | None:
         # OPT-350m normalises after the residual addition; the other sizes before the FFN
         return block.final_layer_norm if self.model.config.do_layer_norm_before else None
+
+    def attention_residual(self, block: nn.Module) -> nn.Module | None:
+        return block.self_attn_layer_norm if self.model.config.do_layer_norm_before else None
+
+    def after_attention(self, block: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden + block.fc2(block.activation_fn(block.fc1(block.final_layer_norm(hidden))))
 
     def attention_attributes(self, num_heads: int, num_kv_heads: int, head_dim: int) -> dict[str, int]:
         return {"num_heads": num_heads}
