@@ -51,8 +51,11 @@ def peak_memory(device: str) -> Iterator[dict[str, float]]:
 class ResultLog:
     """Append-only JSON-lines results keyed by run name, so an interrupted benchmark resumes."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, logged_only: bool = False) -> None:
+        """``logged_only``: run nothing; :meth:`run` returns the logged row or None (tables and plots of
+        what has been measured so far)."""
         self.path = path
+        self.logged_only = logged_only
         path.parent.mkdir(parents=True, exist_ok=True)
         self.rows: dict[str, dict[str, Any]] = {}
         if path.exists():
@@ -61,9 +64,9 @@ class ResultLog:
                     row = json.loads(line)
                     self.rows[row["name"]] = row
 
-    def run(self, name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        if name in self.rows:
-            return self.rows[name]
+    def run(self, name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
+        if name in self.rows or self.logged_only:
+            return self.rows.get(name)
         row = {"name": name, **fn()}
         with self.path.open("a") as handle:
             handle.write(json.dumps(row) + "\n")

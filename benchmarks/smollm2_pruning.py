@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import copy
 import itertools
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--eval-lens", default="128,512", type=lambda s: _split(s, int))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--tag", default="smollm2", help="results file name")
+    p.add_argument("--logged-only", action="store_true",
+                   help="run nothing: table and plot of the grid's cells already in the results file")
     return p.parse_args()
 
 
@@ -79,7 +82,7 @@ def main() -> None:
         ids = self_generated_ids(dense, tokenizer, args.calib_samples, args.calib_len, seed=0, device=args.device)
     else:
         ids = calibration_ids(tokenizer, args.calib, args.calib_samples, args.calib_len, seed=0)
-    log = ResultLog(RESULTS / f"{args.tag}.jsonl")
+    log = ResultLog(RESULTS / f"{args.tag}.jsonl", args.logged_only)
 
     def forward_time() -> dict[str, Any]:
         base = copy.deepcopy(dense).to(args.device).base_model
@@ -89,7 +92,8 @@ def main() -> None:
                 base(input_ids=ids[i : i + 8].to(args.device))
         return {"forward_seconds": time.perf_counter() - start}
 
-    lower_bound = log.run(f"forward-{cal_tag}-{args.device}", forward_time)["forward_seconds"]
+    forward = log.run(f"forward-{cal_tag}-{args.device}", forward_time)
+    lower_bound = forward["forward_seconds"] if forward else math.nan
     rows = [log.run(f"dense-{args.eval_tokens}", lambda: {"method": "dense", "ratio": 0.0, "achieved": 0.0,
                                                           **evaluate(dense, tokenizer, text, args)})]
 
@@ -115,7 +119,8 @@ def main() -> None:
                              ffn_criterion=ffn_criterion or attention_criterion, reconstruction=reconstruction,
                              recovery=recovery, allocation=allocation, targets=args.targets,
                              num_samples=args.calib_samples, seq_len=args.calib_len, device=args.device)
-        print(f"running {label} at {ratio:.0%} …", flush=True)
+        if not args.logged_only:
+            print(f"running {label} at {ratio:.0%} …", flush=True)
         rows.append(run_config(label, config))
     for ratio, preset in itertools.product(args.ratios, args.presets):
         from reprune.presets import preset_config
@@ -124,9 +129,11 @@ def main() -> None:
         overrides = {"reconstruction": reconstruction} if reconstruction else {}
         config = preset_config(name, ratio=ratio, num_samples=args.calib_samples, seq_len=args.calib_len,
                                targets=args.targets, device=args.device, **overrides)
-        print(f"running preset {preset} at {ratio:.0%} …", flush=True)
+        if not args.logged_only:
+            print(f"running preset {preset} at {ratio:.0%} …", flush=True)
         rows.append(run_config(f"preset:{preset}", config))
 
+    rows = [row for row in rows if row is not None]  # --logged-only: cells not measured yet
     for row in rows:
         row["cost_vs_forward"] = row["prune_seconds"] / lower_bound if "prune_seconds" in row else None
     columns = [("method", "method", "{}"), ("ratio", "ratio", "{:.0%}"), ("achieved", "achieved", "{:.1%}"),
@@ -138,7 +145,7 @@ def main() -> None:
           f"targets={args.targets}, device={args.device}; one forward pass over the calibration data: "
           f"{lower_bound:.1f} s\n")
     print(markdown_table(rows, columns))
-    plot(rows, RESULTS / f"{args.tag}-ppl-vs-ratio.png", max(args.eval_lens))
+    plot(rows, RESULTS / f"{args.tag}-{cal_tag}-ppl-vs-ratio.png", max(args.eval_lens))
 
 
 def plot(rows: list[dict[str, Any]], path: Path, length: int) -> None:

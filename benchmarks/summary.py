@@ -60,7 +60,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tag", default="smollm2")
     p.add_argument("--metric", default="ppl512", help="ppl512 or ppl128")
-    p.add_argument("--calib", default="wiki-embedded-64x128")
+    p.add_argument("--calib", default="wiki-embedded-128x512", help="calibration tag of the runs, SOURCE-NxL")
     p.add_argument("--targets", default="both")
     args = p.parse_args()
     rows = load_rows(args.tag)
