@@ -1,7 +1,8 @@
 """Pivot the SmolLM2 pruning results into criterion × reconstruction tables, one per ratio and allocation.
 
 Reads ``results/<tag>.jsonl`` as written by ``smollm2_pruning.py`` (any number of invocations) and
-prints Markdown: perplexity per cell, and how much each reconstruction lowers it relative to ``none``.
+prints Markdown: perplexity per cell, how much each reconstruction lowers it relative to ``none``, the
+spread between criteria per reconstruction (worst / best) and LIAR's gain over bias compensation.
 
     python -m benchmarks.summary --tag smollm2 --metric ppl512
 """
@@ -53,6 +54,16 @@ def pivot(rows: list[dict], metric: str, calib: str, targets: str) -> str:
                 else:
                     row_cells.append(f"{value:,.1f} ({base / value:.1f}×)")
             out.append(f"| {criterion} | " + " | ".join(row_cells) + " |")
+        # the gap between criteria: worst / best over the criteria measured with that reconstruction
+        spread = []
+        for mode in modes:
+            measured = [v for (_, m), v in values.items() if m == mode and math.isfinite(v)]
+            spread.append(f"{max(measured) / min(measured):,.1f}× ({len(measured)})" if len(measured) > 1 else "–")
+        out.append("| worst / best (criteria) | " + " | ".join(spread) + " |")
+        if "bias" in modes and "liar" in modes:
+            gains = [f"{criterion} {values[(criterion, 'bias')] / values[(criterion, 'liar')]:.1f}×"
+                     for criterion in criteria if (criterion, "bias") in values and (criterion, "liar") in values]
+            out.append(f"\nliar below bias: {', '.join(gains)}")
     return "\n".join(out)
 
 
