@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import threading
 import time
@@ -21,9 +22,18 @@ def rss_bytes() -> int:
     return 0
 
 
+def release_free_heap() -> None:
+    """Hand the C allocator's freed pages back to the OS (glibc), so that RSS measures live memory rather
+    than what earlier runs in this process left cached; without it a second run reads far too low."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: RSS keeps the allocator's cache
+        pass
+
+
 @contextmanager
 def peak_memory(device: str) -> Iterator[dict[str, float]]:
-    """Peak memory above the starting level while the block runs: CUDA allocator or sampled RSS."""
+    """Peak memory above the starting level while the block runs: CUDA allocator, or RSS sampled every 50 ms."""
     result: dict[str, float] = {}
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -31,6 +41,7 @@ def peak_memory(device: str) -> Iterator[dict[str, float]]:
         yield result
         result["peak_mib"] = (torch.cuda.max_memory_allocated() - start) / 2**20
         return
+    release_free_heap()
     start, peak, stop = rss_bytes(), [0], threading.Event()
 
     def sample() -> None:
