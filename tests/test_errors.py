@@ -119,12 +119,24 @@ def test_jsonl_without_text_field(tmp_path):
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
-def test_nan_in_calibration_activations(family, ids):
+def test_overflow_in_calibration_activations(family, ids):
+    """Finite weights whose activations overflow to Inf on the calibration text (as float16 models can)."""
     model = tiny_model(family)
-    adapter_block = model.model.layers[0].self_attn.q_proj if family == "llama" else model.transformer.h[0].attn.c_attn
+    block = model.model.layers[1] if family == "llama" else model.transformer.h[1]
+    up = block.mlp.up_proj if family == "llama" else block.mlp.c_fc
+    up.register_forward_hook(lambda module, inputs, output: output * float("inf"))
+    with pytest.raises(FloatingPointError, match="NaN or Inf in calibration activations"):
+        prune(model, ids, PruneConfig(ratio=0.3, reconstruction="liar"), progress=False)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_nan_weight_is_named_before_any_work(family, ids):
+    model = tiny_model(family)
+    query = model.model.layers[0].self_attn.q_proj if family == "llama" else model.transformer.h[0].attn.c_attn
     with torch.no_grad():
-        adapter_block.weight[0, 0] = float("nan")
-    with pytest.raises(FloatingPointError, match="NaN"):
+        query.weight[0, 0] = float("nan")
+    name = "model.layers.0.self_attn.q_proj.weight" if family == "llama" else "transformer.h.0.attn.c_attn.weight"
+    with pytest.raises(FloatingPointError, match=re.escape(name) + " holds NaN"):
         prune(model, ids, PruneConfig(ratio=0.3, reconstruction="liar"), progress=False)
 
 

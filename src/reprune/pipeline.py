@@ -227,6 +227,17 @@ def _score_pass(model: nn.Module, adapter: ModelAdapter, acts: Activations | Non
 
 
 @torch.no_grad()
+def check_finite_weights(model: nn.Module) -> None:
+    """A NaN/Inf weight is a corrupted model, and it does not always show in the activations (PyTorch's
+    causal SDPA turns a NaN query row into zeros), so it is caught here, by name, before any work."""
+    for name, parameter in model.named_parameters():
+        if not torch.isfinite(parameter).all():
+            raise FloatingPointError(
+                f"{name} holds NaN or Inf values: the input model is corrupted (or was saved after an overflow). "
+                "Reload it from a good checkpoint before pruning."
+            )
+
+
 def prune(
     model: nn.Module,
     calibration_ids: torch.Tensor,
@@ -244,6 +255,7 @@ def prune(
     config.validate(len(blocks))
     if calibration_ids.ndim != 2 or calibration_ids.shape[0] == 0:
         raise ValueError(f"calibration_ids must be a non-empty (samples, tokens) tensor, got {tuple(calibration_ids.shape)}")
+    check_finite_weights(model)
     device = _default_device(config.device)
     model.eval()
     model.requires_grad_(False)
