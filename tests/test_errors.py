@@ -130,6 +130,17 @@ def test_overflow_in_calibration_activations(family, ids):
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_activations_whose_squares_overflow(family, ids):
+    """Finite but huge activations: their Gram overflows; the error says so instead of a failed solve."""
+    model = tiny_model(family)
+    block = model.model.layers[1] if family == "llama" else model.transformer.h[1]
+    up = block.mlp.up_proj if family == "llama" else block.mlp.c_fc
+    up.register_forward_hook(lambda module, inputs, output: output * 1e25)
+    with pytest.raises(FloatingPointError, match="overflow float32 when squared"):
+        prune(model, ids, PruneConfig(ratio=0.3, reconstruction="liar"), progress=False)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_nan_weight_is_named_before_any_work(family, ids):
     model = tiny_model(family)
     query = model.model.layers[0].self_attn.q_proj if family == "llama" else model.transformer.h[0].attn.c_attn

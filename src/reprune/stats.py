@@ -32,9 +32,15 @@ class Moments:
         if self.sum is None:
             self.sum = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
             self.gram = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
+        batch_gram = x.T @ x
+        if not torch.isfinite(batch_gram).all():
+            raise FloatingPointError(
+                f"calibration activations as large as {x.abs().max().item():.3g} overflow float32 when squared: "
+                "the model is numerically broken on the calibration text. Check the input model's weights."
+            )
         self.n += x.shape[0]
         self.sum += x.sum(0, dtype=torch.float64)
-        self.gram += (x.T @ x).to(torch.float64)
+        self.gram += batch_gram.to(torch.float64)
 
     @property
     def mean(self) -> torch.Tensor:
