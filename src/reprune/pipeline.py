@@ -226,7 +226,6 @@ def _score_pass(model: nn.Module, adapter: ModelAdapter, acts: Activations | Non
     return scores
 
 
-@torch.no_grad()
 def check_finite_weights(model: nn.Module) -> None:
     """A NaN/Inf weight is a corrupted model, and it does not always show in the activations (PyTorch's
     causal SDPA turns a NaN query row into zeros), so it is caught here, by name, before any work."""
@@ -238,6 +237,7 @@ def check_finite_weights(model: nn.Module) -> None:
             )
 
 
+@torch.no_grad()
 def prune(
     model: nn.Module,
     calibration_ids: torch.Tensor,
