@@ -168,6 +168,14 @@ def run_block(block: nn.Module | AfterAttention, acts: Activations) -> Activatio
     return Activations(outputs, acts.kwargs)
 
 
+def _attention_probabilities(module: Depth2Module, output: Any) -> torch.Tensor:
+    """Attention modules return (attn_output, attn_weights); the weights are probabilities under eager."""
+    if not isinstance(output, tuple) or len(output) < 2 or output[1] is None:
+        raise RuntimeError(f"{module.name}: the attention module returned no attention probabilities; "
+                           "it must follow transformers' attention interface and run eagerly")
+    return output[1].detach()
+
+
 @torch.inference_mode()
 def _capture(block: nn.Module | AfterAttention, module: Depth2Module, hidden: torch.Tensor, kwargs: dict,
              want_level1: bool, want_attention: bool = False, residual_module: nn.Module | None = None
@@ -190,11 +198,7 @@ def _capture(block: nn.Module | AfterAttention, module: Depth2Module, hidden: to
         stop_when_done()
 
     def attention_hook(_m: nn.Module, _args: tuple, output: Any) -> None:
-        # attention modules return (attn_output, attn_weights); the weights are probabilities under eager
-        if not isinstance(output, tuple) or len(output) < 2 or output[1] is None:
-            raise RuntimeError(f"{module.name}: the attention module returned no attention probabilities; "
-                               "it must follow transformers' attention interface and run eagerly")
-        found["attention_probs"] = output[1].detach()
+        found["attention_probs"] = _attention_probabilities(module, output)
         stop_when_done()
 
     def residual_hook(_m: nn.Module, args: tuple) -> None:
@@ -290,6 +294,64 @@ def collect_module_stats(
     if want_attention:
         stats.head_divergence = divergence_sum / divergence_rows
     return stats
+
+
+@torch.inference_mode()
+def collect_block_stats(block: nn.Module, modules: list[Depth2Module], needs: list[frozenset[str]],
+                        acts: Activations) -> tuple[list[ModuleStats], Activations]:
+    """Single-path statistics of several modules of one block and the block's outputs, from one forward
+    per batch (the dense scoring pass of global allocation). ``needs`` per module, as for
+    :func:`collect_module_stats` (no two-path names); without ``level2_in`` the level-2 input keeps
+    per-channel moments only (``level2_diag``)."""
+    stats = [ModuleStats(level2_in=Moments(diagonal_only="level2_in" not in wanted),
+                         level1_in=Moments() if "level1_in" in wanted else None) for wanted in needs]
+    found: list[dict[str, torch.Tensor]] = [{} for _ in modules]
+    handles = []
+    for module, wanted, seen in zip(modules, needs, found):
+        def level2_hook(_m: nn.Module, args: tuple, seen: dict = seen) -> None:
+            seen["level2_in"] = args[0].detach()
+
+        def level1_hook(_m: nn.Module, args: tuple, seen: dict = seen) -> None:
+            seen.setdefault("level1_in", args[0].detach())
+
+        def attention_hook(_m: nn.Module, _args: tuple, output: Any, seen: dict = seen,
+                           module: Depth2Module = module) -> None:
+            seen["attention_probs"] = _attention_probabilities(module, output)
+
+        handles.append(module.level2.module.register_forward_pre_hook(level2_hook))
+        if "level1_in" in wanted:
+            handles.append(module.level1[0].projection.module.register_forward_pre_hook(level1_hook))
+        if "head_divergence" in wanted:
+            _check_explicit_masks(module, acts)
+            handles.append(module.parent.register_forward_hook(attention_hook))
+    attention = next((m.parent for m, wanted in zip(modules, needs) if "head_divergence" in wanted), None)
+    divergence_sums: list[torch.Tensor | float] = [0.0] * len(modules)
+    divergence_rows = [0] * len(modules)
+    outputs = []
+    try:
+        for hidden, kwargs in zip(acts.hidden, acts.kwargs):
+            for seen in found:
+                seen.clear()
+            with attention_implementation(attention.config, "eager") if attention is not None else nullcontext():
+                outputs.append(block_output(block(hidden, **kwargs)))
+            for i, (module, wanted, seen) in enumerate(zip(modules, needs, found)):
+                if "level2_in" not in seen:
+                    raise RuntimeError(f"{module.name}: its level-2 input was never captured; "
+                                       "the adapter does not match the model")
+                stats[i].level2_in.update(seen["level2_in"])
+                if stats[i].level1_in is not None:
+                    stats[i].level1_in.update(seen["level1_in"])
+                if "head_divergence" in wanted:
+                    probs = seen["attention_probs"]
+                    divergence_sums[i] = divergence_sums[i] + head_divergence_sum(probs)
+                    divergence_rows[i] += probs.shape[0] * probs.shape[2]
+    finally:
+        for handle in handles:
+            handle.remove()
+    for i, wanted in enumerate(needs):
+        if "head_divergence" in wanted:
+            stats[i].head_divergence = divergence_sums[i] / divergence_rows[i]
+    return stats, Activations(outputs, acts.kwargs)
 
 
 def _check_explicit_masks(module: Depth2Module, acts: Activations) -> None:

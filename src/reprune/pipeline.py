@@ -34,6 +34,7 @@ from reprune.calibration import (
     AfterAttention,
     ResidualTail,
     capture_block_inputs,
+    collect_block_stats,
     collect_module_stats,
     run_block,
 )
@@ -202,28 +203,84 @@ def goa_recover(
     return restat(final_needs)
 
 
-def _score_pass(model: nn.Module, adapter: ModelAdapter, acts: Activations | None, config: PruneConfig,
+def _score_pass(adapter: ModelAdapter, acts: Activations | None, config: PruneConfig,
                 eligible: set[tuple[int, str]], generator: torch.Generator,
                 device: torch.device) -> dict[tuple[int, str], torch.Tensor]:
-    """Scores of every eligible module on the dense model (global allocation needs all layers' scores);
-    ``acts`` None: a data-free criterion, no block is run."""
+    """Scores of every eligible module on the dense model (global allocation needs all layers' scores).
+
+    Each block runs once per batch for the statistics of all its modules, and a criterion that reads only
+    per-channel moments gets no Gram; with no criterion reading statistics no block is run at all.
+    """
     scores: dict[tuple[int, str], torch.Tensor] = {}
     blocks = adapter.blocks()
+    criteria = {kind: get_criterion(config.criterion_for(kind)) for kind in config.kinds}
+    if not any(crit.needs for crit in criteria.values()):
+        acts = None
     for index in tqdm(range(len(blocks)), desc="scoring (global allocation)", leave=False):
-        block = blocks[index]
-        home = next(block.parameters()).device
-        block.to(device)
-        for module in adapter.depth2_modules(index):
-            if (index, module.kind) not in eligible:
-                continue
-            crit = get_criterion(config.criterion_for(module.kind))
-            stats = (ModuleStats() if acts is None else
-                     collect_module_stats(block, module, acts, crit.needs - {"level2_cross", "level1_cross"}))
-            scores[(index, module.kind)] = crit.score(module, stats, generator).cpu()
-        if acts is not None:
-            acts = run_block(block, acts)
-        block.to(home)
+        modules = [m for m in adapter.depth2_modules(index) if (index, m.kind) in eligible]
+        if acts is None:
+            stats = [ModuleStats() for _ in modules]
+        else:
+            block = blocks[index]
+            home = next(block.parameters()).device
+            block.to(device)
+            stats, acts = collect_block_stats(block, modules, [criteria[m.kind].needs for m in modules], acts)
+            block.to(home)
+        for module, module_stats in zip(modules, stats):
+            scores[(index, module.kind)] = criteria[module.kind].score(module, module_stats, generator).cpu()
     return scores
+
+
+def _check_scores(adapter: ModelAdapter, scores: dict[tuple[int, str], torch.Tensor],
+                  eligible: set[tuple[int, str]]) -> None:
+    """Reused scores must be those of this model and configuration (see :func:`global_scores`)."""
+    if set(scores) != eligible:
+        raise ValueError(
+            f"the given scores cover modules {sorted(set(scores) - eligible)} not pruned here and miss "
+            f"{sorted(eligible - set(scores))}: compute them with global_scores() for the same model and config"
+        )
+    for index, kind in sorted(eligible):
+        module = next(m for m in adapter.depth2_modules(index) if m.kind == kind)
+        if scores[(index, kind)].shape != (module.num_units,):
+            raise ValueError(f"the given scores of {module.name} have shape {tuple(scores[(index, kind)].shape)}, "
+                             f"not ({module.num_units},): they belong to another model (or to a pruned one)")
+
+
+def _capture_inputs(model: nn.Module, adapter: ModelAdapter, calibration_ids: torch.Tensor, config: PruneConfig,
+                    device: torch.device) -> Activations:
+    # attention probabilities come from eager attention, which needs the explicit masks it builds
+    wants_probabilities = any("head_divergence" in _needs(config, kind) for kind in config.kinds)
+    return capture_block_inputs(model, adapter, calibration_ids, config.batch_size, device,
+                                attn_implementation="eager" if wants_probabilities else None)
+
+
+def _check_calibration_ids(calibration_ids: torch.Tensor) -> None:
+    if calibration_ids.ndim != 2 or calibration_ids.shape[0] == 0:
+        raise ValueError(f"calibration_ids must be a non-empty (samples, tokens) tensor, got {tuple(calibration_ids.shape)}")
+
+
+@torch.no_grad()
+def global_scores(model: nn.Module, calibration_ids: torch.Tensor,
+                  config: PruneConfig) -> dict[tuple[int, str], torch.Tensor]:
+    """The dense model's scores that global allocation ranks, keyed (block, kind), to be reused.
+
+    ``prune(copy, ids, config_at_any_ratio, scores=...)`` on copies of the same dense model then skips its
+    own scoring pass (one forward over the calibration data), e.g. for a sweep over ratios or
+    reconstructions. The model is not changed. A criterion drawing random numbers continues from a
+    generator this pass did not advance, so its runs differ from ones that score themselves.
+    """
+    adapter = get_adapter(model)
+    blocks = adapter.blocks()
+    config = replace(config.fitted(len(blocks)), allocation="global")
+    config.validate(len(blocks))
+    _check_calibration_ids(calibration_ids)
+    check_finite_weights(model)
+    device = _default_device(config.device)
+    model.eval()
+    reads_data = any(get_criterion(config.criterion_for(kind)).needs for kind in config.kinds)
+    acts = _capture_inputs(model, adapter, calibration_ids, config, device) if reads_data else None
+    eligible = {(i, k) for i in range(config.keep_first, len(blocks) - config.keep_last) for k in config.kinds}
+    return _score_pass(adapter, acts, config, eligible, torch.Generator().manual_seed(config.seed), device)
 
 
 def check_finite_weights(model: nn.Module) -> None:
@@ -243,18 +300,23 @@ def prune(
     calibration_ids: torch.Tensor,
     config: PruneConfig | None = None,
     progress: bool = True,
+    scores: dict[tuple[int, str], torch.Tensor] | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Prune ``model`` in place and return it with a report.
 
     ``calibration_ids`` is an (N, L) tensor of token ids (see :func:`reprune.data.calibration_ids`).
+    ``scores``: global allocation's scores from :func:`global_scores` on the same dense model, reused
+    instead of a scoring pass.
     """
     config = config or PruneConfig()
     adapter = get_adapter(model)
     blocks = adapter.blocks()
     config = config.fitted(len(blocks))
     config.validate(len(blocks))
-    if calibration_ids.ndim != 2 or calibration_ids.shape[0] == 0:
-        raise ValueError(f"calibration_ids must be a non-empty (samples, tokens) tensor, got {tuple(calibration_ids.shape)}")
+    if scores is not None and config.allocation != "global":
+        raise ValueError(f"scores are read by global allocation only, but allocation is {config.allocation!r}: "
+                         "drop scores= or set allocation='global'")
+    _check_calibration_ids(calibration_ids)
     check_finite_weights(model)
     device = _default_device(config.device)
     model.eval()
@@ -264,11 +326,8 @@ def prune(
     params_before = sum(p.numel() for p in model.parameters())
     prunable_before = prunable_parameters(adapter)
 
-    # attention probabilities come from eager attention, which needs the explicit masks it builds
-    wants_probabilities = any("head_divergence" in _needs(config, kind) for kind in config.kinds)
     data_free = _data_free(config)
-    acts = None if data_free else capture_block_inputs(model, adapter, calibration_ids, config.batch_size, device,
-                                                       attn_implementation="eager" if wants_probabilities else None)
+    acts = None if data_free else _capture_inputs(model, adapter, calibration_ids, config, device)
     two_path = _uses_dense_path(config)
     dense_acts = acts.clone() if two_path else None
     seconds_capture = time.perf_counter() - started
@@ -276,9 +335,10 @@ def prune(
     pruned_blocks = range(config.keep_first, len(blocks) - config.keep_last)
     budgets = [module_budget(m, config.gqa_mode) for i in range(len(blocks)) for m in adapter.depth2_modules(i)]
     eligible = {(i, k) for i in pruned_blocks for k in config.kinds}
-    scores = None
-    if config.allocation == "global" and config.ratio > 0:
-        scores = _score_pass(model, adapter, acts, config, eligible, generator, device)
+    if scores is not None:
+        _check_scores(adapter, scores, eligible)
+    elif config.allocation == "global" and config.ratio > 0:
+        scores = _score_pass(adapter, acts, config, eligible, generator, device)
     counts = allocate(budgets, config.ratio, config.allocation, eligible, scores)
 
     records: list[LayerRecord] = []

@@ -1,7 +1,9 @@
 """Criteria registry: a criterion scores every unit (head or neuron) of a module; higher means keep.
 
 A criterion is a small function over the module's weights and calibration statistics, registered with
-the statistics it needs, so a new criterion is one file.
+the statistics it needs, so a new criterion is one file. Needs: ``level2_diag`` (per-channel mean and
+sum of squares of the level-2 input), ``level2_in`` (its full Gram), ``level1_in`` (the module input's
+Gram) and ``head_divergence`` (see :class:`reprune.stats.ModuleStats`).
 """
 
 from __future__ import annotations

@@ -20,16 +20,16 @@ def magnitude_score(module: Depth2Module, stats: ModuleStats, generator: torch.G
     return level1_row_norms_sq(module).sqrt() * columns.sqrt()
 
 
-@register("wanda-sp", needs={"level2_in"}, description="Wanda-sp: mean over outputs of |W2| · ||x_j|| per level-2 input column")
+@register("wanda-sp", needs={"level2_diag"}, description="Wanda-sp: mean over outputs of |W2| · ||x_j|| per level-2 input column")
 def wanda_sp_score(module: Depth2Module, stats: ModuleStats, generator: torch.Generator) -> torch.Tensor:
-    x_norm = stats.level2_in.gram.diagonal().clamp_min(0).sqrt().cpu()
+    x_norm = stats.level2_in.square_sum.clamp_min(0).sqrt().cpu()
     per_channel = level2_weight(module).abs().mean(0) * x_norm
     return per_unit(module, per_channel)
 
 
-@register("flap", needs={"level2_in"}, description="FLAP fluctuation: Var(x_j) · ||W2[:, j]||² per level-2 input column")
+@register("flap", needs={"level2_diag"}, description="FLAP fluctuation: Var(x_j) · ||W2[:, j]||² per level-2 input column")
 def flap_score(module: Depth2Module, stats: ModuleStats, generator: torch.Generator) -> torch.Tensor:
-    variance = stats.level2_in.covariance.diagonal().clamp_min(0).cpu()
+    variance = stats.level2_in.variance.clamp_min(0).cpu()
     n = stats.level2_in.n
     variance = variance * n / max(n - 1, 1)  # FLAP uses the sample variance
     per_channel = variance * level2_weight(module).pow(2).sum(0)
