@@ -254,6 +254,11 @@ def _capture_inputs(model: nn.Module, adapter: ModelAdapter, calibration_ids: to
                                 attn_implementation="eager" if wants_probabilities else None)
 
 
+def _eligible(config: PruneConfig, num_blocks: int) -> set[tuple[int, str]]:
+    """(block, kind) of every module this run may prune."""
+    return {(i, k) for i in range(config.keep_first, num_blocks - config.keep_last) for k in config.kinds}
+
+
 def _check_calibration_ids(calibration_ids: torch.Tensor) -> None:
     if calibration_ids.ndim != 2 or calibration_ids.shape[0] == 0:
         raise ValueError(f"calibration_ids must be a non-empty (samples, tokens) tensor, got {tuple(calibration_ids.shape)}")
@@ -279,8 +284,8 @@ def global_scores(model: nn.Module, calibration_ids: torch.Tensor,
     model.eval()
     reads_data = any(get_criterion(config.criterion_for(kind)).needs for kind in config.kinds)
     acts = _capture_inputs(model, adapter, calibration_ids, config, device) if reads_data else None
-    eligible = {(i, k) for i in range(config.keep_first, len(blocks) - config.keep_last) for k in config.kinds}
-    return _score_pass(adapter, acts, config, eligible, torch.Generator().manual_seed(config.seed), device)
+    generator = torch.Generator().manual_seed(config.seed)
+    return _score_pass(adapter, acts, config, _eligible(config, len(blocks)), generator, device)
 
 
 def check_finite_weights(model: nn.Module) -> None:
@@ -332,9 +337,8 @@ def prune(
     dense_acts = acts.clone() if two_path else None
     seconds_capture = time.perf_counter() - started
 
-    pruned_blocks = range(config.keep_first, len(blocks) - config.keep_last)
     budgets = [module_budget(m, config.gqa_mode) for i in range(len(blocks)) for m in adapter.depth2_modules(i)]
-    eligible = {(i, k) for i in pruned_blocks for k in config.kinds}
+    eligible = _eligible(config, len(blocks))
     if scores is not None:
         _check_scores(adapter, scores, eligible)
     elif config.allocation == "global" and config.ratio > 0:
