@@ -271,8 +271,9 @@ def global_scores(model: nn.Module, calibration_ids: torch.Tensor,
 
     ``prune(copy, ids, config_at_any_ratio, scores=...)`` on copies of the same dense model then skips its
     own scoring pass (one forward over the calibration data), e.g. for a sweep over ratios or
-    reconstructions. The model is not changed. A criterion drawing random numbers continues from a
-    generator this pass did not advance, so its runs differ from ones that score themselves.
+    reconstructions. The weights are not changed (as in prune, the non-block modules stay on the compute
+    device). A criterion drawing random numbers continues from a generator this pass did not advance, so
+    its runs differ from ones that score themselves.
     """
     adapter = get_adapter(model)
     blocks = adapter.blocks()
