@@ -29,8 +29,7 @@ from benchmarks.common import ResultLog, line_plot, markdown_table, peak_memory
 from reprune.data import calibration_ids
 from reprune.evaluation import perplexity, read_text_file
 from reprune.models import shared_data_dir, smollm2_path
-from reprune.criteria import get_criterion
-from reprune.pipeline import PruneConfig, global_scores, prune
+from reprune.pipeline import PruneConfig, criteria_read_data, global_scores, prune
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -105,8 +104,7 @@ def main() -> None:
     def dense_scores(config: PruneConfig) -> tuple[dict | None, float]:
         """Global allocation's scoring pass over the dense model, run once per criterion and reused at every
         ratio and reconstruction; its time is added to each run's (a single run pays it)."""
-        kinds = config.kinds
-        if config.allocation != "global" or not any(get_criterion(config.criterion_for(k)).needs for k in kinds):
+        if config.allocation != "global" or not criteria_read_data(config):
             return None, 0.0
         key = (config.criterion_for("attention"), config.criterion_for("ffn"), config.targets)
         if key not in scored:

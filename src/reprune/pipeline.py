@@ -203,6 +203,11 @@ def goa_recover(
     return restat(final_needs)
 
 
+def criteria_read_data(config: PruneConfig) -> bool:
+    """Whether the run's criteria read calibration statistics (random and magnitude do not)."""
+    return any(get_criterion(config.criterion_for(kind)).needs for kind in config.kinds)
+
+
 def _score_pass(adapter: ModelAdapter, acts: Activations | None, config: PruneConfig,
                 eligible: set[tuple[int, str]], generator: torch.Generator,
                 device: torch.device) -> dict[tuple[int, str], torch.Tensor]:
@@ -214,7 +219,7 @@ def _score_pass(adapter: ModelAdapter, acts: Activations | None, config: PruneCo
     scores: dict[tuple[int, str], torch.Tensor] = {}
     blocks = adapter.blocks()
     criteria = {kind: get_criterion(config.criterion_for(kind)) for kind in config.kinds}
-    if not any(crit.needs for crit in criteria.values()):
+    if not criteria_read_data(config):
         acts = None
     for index in tqdm(range(len(blocks)), desc="scoring (global allocation)", leave=False):
         modules = [m for m in adapter.depth2_modules(index) if (index, m.kind) in eligible]
@@ -283,8 +288,7 @@ def global_scores(model: nn.Module, calibration_ids: torch.Tensor,
     check_finite_weights(model)
     device = _default_device(config.device)
     model.eval()
-    reads_data = any(get_criterion(config.criterion_for(kind)).needs for kind in config.kinds)
-    acts = _capture_inputs(model, adapter, calibration_ids, config, device) if reads_data else None
+    acts = _capture_inputs(model, adapter, calibration_ids, config, device) if criteria_read_data(config) else None
     generator = torch.Generator().manual_seed(config.seed)
     return _score_pass(adapter, acts, config, _eligible(config, len(blocks)), generator, device)
 
