@@ -8,13 +8,14 @@ forward hooks into running float64 sums (:mod:`reprune.stats`), never by storing
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from reprune.adapters import Depth2Module, ModelAdapter, block_output
 from reprune.stats import CrossMoments, Moments, ModuleStats, head_divergence_sum
@@ -176,6 +177,47 @@ def _attention_probabilities(module: Depth2Module, output: Any) -> torch.Tensor:
     return output[1].detach()
 
 
+def _hook_module_inputs(module: Depth2Module, seen: dict[str, torch.Tensor], want_level1: bool,
+                        want_attention: bool, after_capture: Callable[[], None] = lambda: None
+                        ) -> list[RemovableHandle]:
+    """Hooks that store the module's level-2 input (``level2_in``), optionally its first level-1 input
+    (``level1_in``) and the attention probabilities (``attention_probs``) in ``seen``; ``after_capture``
+    runs after each level-2 or attention capture (to stop the forward early)."""
+
+    def level2_hook(_m: nn.Module, args: tuple) -> None:
+        seen["level2_in"] = args[0].detach()
+        after_capture()
+
+    def level1_hook(_m: nn.Module, args: tuple) -> None:
+        seen.setdefault("level1_in", args[0].detach())
+
+    def attention_hook(_m: nn.Module, _args: tuple, output: Any) -> None:
+        seen["attention_probs"] = _attention_probabilities(module, output)
+        after_capture()
+
+    handles = [module.level2.module.register_forward_pre_hook(level2_hook)]
+    if want_level1:
+        handles.append(module.level1[0].projection.module.register_forward_pre_hook(level1_hook))
+    if want_attention:  # parent may contain level 2 (LLaMA o_proj) or precede it (BERT)
+        handles.append(module.parent.register_forward_hook(attention_hook))
+    return handles
+
+
+class _DivergenceMean:
+    """Running mean of the (H, H) head-divergence matrix; each batch's probabilities are reduced at once."""
+
+    def __init__(self) -> None:
+        self.total: torch.Tensor | float = 0.0
+        self.rows = 0
+
+    def add(self, probs: torch.Tensor) -> None:
+        self.total = self.total + head_divergence_sum(probs)
+        self.rows += probs.shape[0] * probs.shape[2]
+
+    def mean(self) -> torch.Tensor:
+        return self.total / self.rows
+
+
 @torch.inference_mode()
 def _capture(block: nn.Module | AfterAttention, module: Depth2Module, hidden: torch.Tensor, kwargs: dict,
              want_level1: bool, want_attention: bool = False, residual_module: nn.Module | None = None
@@ -190,27 +232,12 @@ def _capture(block: nn.Module | AfterAttention, module: Depth2Module, hidden: to
         if wanted <= found.keys():
             raise _StopForward
 
-    def level1_hook(_m: nn.Module, args: tuple) -> None:
-        found.setdefault("level1_in", args[0].detach())
-
-    def level2_hook(_m: nn.Module, args: tuple) -> None:
-        found["level2_in"] = args[0].detach()
-        stop_when_done()
-
-    def attention_hook(_m: nn.Module, _args: tuple, output: Any) -> None:
-        found["attention_probs"] = _attention_probabilities(module, output)
-        stop_when_done()
-
     def residual_hook(_m: nn.Module, args: tuple) -> None:
         found["residual"] = args[0].detach()
 
-    handles = [module.level2.module.register_forward_pre_hook(level2_hook)]
+    handles = _hook_module_inputs(module, found, want_level1, want_attention, stop_when_done)
     if residual_module is not None:
         handles.append(residual_module.register_forward_pre_hook(residual_hook))
-    if want_level1:
-        handles.append(module.level1[0].projection.module.register_forward_pre_hook(level1_hook))
-    if want_attention:  # parent may contain level 2 (LLaMA o_proj) or precede it (BERT): stop after both
-        handles.append(module.parent.register_forward_hook(attention_hook))
     try:
         block(hidden, **kwargs)
     except _StopForward:
@@ -263,8 +290,7 @@ def collect_module_stats(
     want_attention = "head_divergence" in needs
     if want_attention:
         _check_explicit_masks(module, pruned)
-    divergence_sum: torch.Tensor | float = 0.0
-    divergence_rows = 0
+    divergence = _DivergenceMean()
     for i, (hidden, kwargs) in enumerate(zip(pruned.hidden, pruned.kwargs)):
         with attention_implementation(module.parent.config, "eager") if want_attention else nullcontext():
             got = _capture(block, module, hidden, kwargs, want_level1, want_attention,
@@ -272,10 +298,8 @@ def collect_module_stats(
         if tail is not None:
             tail.residual.append(got["residual"])
             tail.level2_in.append(got["level2_in"])
-        if want_attention:  # reduce this batch's probabilities at once; only the (H, H) sum is kept
-            probs = got.pop("attention_probs")
-            divergence_sum = divergence_sum + head_divergence_sum(probs)
-            divergence_rows += probs.shape[0] * probs.shape[2]
+        if want_attention:
+            divergence.add(got.pop("attention_probs"))
         dense_got = None
         if two_path:
             dense_got = _capture(dense_block, dense_module, dense.hidden[i], dense.kwargs[i], want_level1,
@@ -292,7 +316,7 @@ def collect_module_stats(
         elif stats.level1_in is not None:
             stats.level1_in.update(got["level1_in"])
     if want_attention:
-        stats.head_divergence = divergence_sum / divergence_rows
+        stats.head_divergence = divergence.mean()
     return stats
 
 
@@ -306,27 +330,14 @@ def collect_block_stats(block: nn.Module, modules: list[Depth2Module], needs: li
     stats = [ModuleStats(level2_in=Moments(diagonal_only="level2_in" not in wanted),
                          level1_in=Moments() if "level1_in" in wanted else None) for wanted in needs]
     found: list[dict[str, torch.Tensor]] = [{} for _ in modules]
-    handles = []
-    for module, wanted, seen in zip(modules, needs, found):
-        def level2_hook(_m: nn.Module, args: tuple, seen: dict = seen) -> None:
-            seen["level2_in"] = args[0].detach()
-
-        def level1_hook(_m: nn.Module, args: tuple, seen: dict = seen) -> None:
-            seen.setdefault("level1_in", args[0].detach())
-
-        def attention_hook(_m: nn.Module, _args: tuple, output: Any, seen: dict = seen,
-                           module: Depth2Module = module) -> None:
-            seen["attention_probs"] = _attention_probabilities(module, output)
-
-        handles.append(module.level2.module.register_forward_pre_hook(level2_hook))
-        if "level1_in" in wanted:
-            handles.append(module.level1[0].projection.module.register_forward_pre_hook(level1_hook))
+    handles: list[RemovableHandle] = []
+    for module, wanted in zip(modules, needs):
         if "head_divergence" in wanted:
             _check_explicit_masks(module, acts)
-            handles.append(module.parent.register_forward_hook(attention_hook))
+    for module, wanted, seen in zip(modules, needs, found):
+        handles += _hook_module_inputs(module, seen, "level1_in" in wanted, "head_divergence" in wanted)
     attention = next((m.parent for m, wanted in zip(modules, needs) if "head_divergence" in wanted), None)
-    divergence_sums: list[torch.Tensor | float] = [0.0] * len(modules)
-    divergence_rows = [0] * len(modules)
+    divergences = [_DivergenceMean() for _ in modules]
     outputs = []
     try:
         for hidden, kwargs in zip(acts.hidden, acts.kwargs):
@@ -342,15 +353,13 @@ def collect_block_stats(block: nn.Module, modules: list[Depth2Module], needs: li
                 if stats[i].level1_in is not None:
                     stats[i].level1_in.update(seen["level1_in"])
                 if "head_divergence" in wanted:
-                    probs = seen["attention_probs"]
-                    divergence_sums[i] = divergence_sums[i] + head_divergence_sum(probs)
-                    divergence_rows[i] += probs.shape[0] * probs.shape[2]
+                    divergences[i].add(seen["attention_probs"])
     finally:
         for handle in handles:
             handle.remove()
     for i, wanted in enumerate(needs):
         if "head_divergence" in wanted:
-            stats[i].head_divergence = divergence_sums[i] / divergence_rows[i]
+            stats[i].head_divergence = divergences[i].mean()
     return stats, Activations(outputs, acts.kwargs)
 
 
