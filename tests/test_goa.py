@@ -14,7 +14,7 @@ from torch import nn
 
 from reprune.adapters import Depth2Module, Level1Part, Projection, get_adapter
 from reprune.allocation import module_budget
-from reprune.calibration import capture_block_inputs, collect_module_stats, run_block
+from reprune.calibration import capture_block_inputs, collect_block_stats, collect_module_stats, run_block
 from reprune.criteria import get_criterion
 from reprune.pipeline import PruneConfig, goa_recover, prune
 from reprune.presets import preset_config
@@ -125,6 +125,17 @@ def test_head_divergence_refuses_inputs_without_a_causal_mask() -> None:
     acts = capture_block_inputs(model, adapter, calibration_batch(2, 8), 2, CPU)  # SDPA: no explicit mask
     with pytest.raises(RuntimeError, match="explicit causal mask"):
         collect_module_stats(adapter.blocks()[0], adapter.depth2_modules(0)[0], acts, frozenset({"head_divergence"}))
+
+
+def test_one_pass_statistics_refuse_inputs_without_a_causal_mask_and_leave_no_hooks() -> None:
+    model = tiny_model("llama")
+    adapter = get_adapter(model)
+    acts = capture_block_inputs(model, adapter, calibration_batch(2, 8), 2, CPU)  # SDPA: no explicit mask
+    attention, ffn = adapter.depth2_modules(0)
+    with pytest.raises(RuntimeError, match="explicit causal mask"):  # the FFN's hooks come first in the list
+        collect_block_stats(adapter.blocks()[0], [ffn, attention], [frozenset({"level1_in"}),
+                            frozenset({"head_divergence"})], acts)
+    assert all(not m._forward_pre_hooks and not m._forward_hooks for m in model.modules())
 
 
 # --- head-similarity criterion -----------------------------------------------------------------
