@@ -281,7 +281,7 @@ def collect_module_stats(
         raise RuntimeError(f"{module.name}: a two-path statistic was requested without the dense path")
     stats = ModuleStats()
     want_level1 = bool({"level1_in", "level1_cross"} & needs)
-    if "level1_in" in needs or "level1_cross" in needs:
+    if want_level1:
         stats.level1_in = Moments()
     if "level2_cross" in needs:
         stats.level2_cross = CrossMoments(pruned=stats.level2_in)
