@@ -22,7 +22,7 @@ from benchmarks.common import ResultLog, line_plot, markdown_table
 from reprune.data import calibration_ids
 from reprune.evaluation import perplexity, read_text_file
 from reprune.models import shared_data_dir, smollm2_path
-from reprune.pipeline import PruneConfig, prune
+from reprune import PruneConfig, prune
 
 RESULTS = Path(__file__).parent / "results"
 

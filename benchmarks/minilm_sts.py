@@ -22,7 +22,7 @@ from benchmarks.common import ResultLog, markdown_table
 from reprune.data import calibration_ids
 from reprune.evaluation import read_glue_tsv, sts_spearman, stsb_probe
 from reprune.models import minilm_path, shared_data_dir
-from reprune.pipeline import PruneConfig, prune
+from reprune import PruneConfig, prune
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -70,7 +70,7 @@ def main() -> None:
                                  seq_len=args.calib_len, device=args.device)
             start = time.perf_counter()
             model, report = prune(model, ids, config, progress=False)
-            return {"method": label, "ratio": ratio, "achieved": report["parameters"]["ratio_prunable"],
+            return {"method": label, "ratio": ratio, "achieved": report.parameters.ratio_prunable,
                     "prune_seconds": time.perf_counter() - start, **evaluate(model)}
 
         print(f"running {label} at {ratio:.0%} …", flush=True)

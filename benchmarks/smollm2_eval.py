@@ -26,7 +26,7 @@ from reprune.checkpoint import load, save_pruned
 from reprune.data import calibration_ids
 from reprune.evaluation import directory_size, evaluate_tasks, measure_speed, perplexity, read_text_file
 from reprune.models import shared_data_dir, smollm2_path
-from reprune.pipeline import prune
+from reprune import prune
 from reprune.presets import preset_config
 
 RESULTS = Path(__file__).parent / "results"
@@ -106,7 +106,7 @@ def main() -> None:
                 save_pruned(model, tokenizer, folder, report, overwrite=True)
                 del model
                 reloaded = load(folder, dtype=torch.float32).eval()  # what a user would evaluate
-                return {"variant": variant, "ratio": ratio, "achieved": report["parameters"]["ratio_prunable"],
+                return {"variant": variant, "ratio": ratio, "achieved": report.parameters.ratio_prunable,
                         "prune_seconds": seconds, "calibration": f"{config.num_samples}x{config.seq_len}",
                         **evaluate(reloaded, tokenizer, folder, text, args)}
 

@@ -29,7 +29,8 @@ from benchmarks.common import ResultLog, line_plot, markdown_table, peak_memory
 from reprune.data import calibration_ids
 from reprune.evaluation import perplexity, read_text_file
 from reprune.models import shared_data_dir, smollm2_path
-from reprune.pipeline import PruneConfig, criteria_read_data, global_scores, prune
+from reprune import PruneConfig, global_scores, prune
+from reprune.adapters import get_adapter
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -104,7 +105,7 @@ def main() -> None:
     def dense_scores(config: PruneConfig) -> tuple[dict | None, float]:
         """Global allocation's scoring pass over the dense model, run once per criterion and reused at every
         ratio and reconstruction; its time is added to each run's (a single run pays it)."""
-        if config.allocation != "global" or not criteria_read_data(config):
+        if config.allocation != "global" or not config.resolve(len(get_adapter(dense).blocks())).criteria_read_data:
             return None, 0.0
         key = (config.criterion_for("attention"), config.criterion_for("ffn"), config.targets)
         if key not in scored:
@@ -121,9 +122,9 @@ def main() -> None:
                 start = time.perf_counter()
                 model, report = prune(model, ids, config, progress=False, scores=scores)
                 seconds = time.perf_counter() - start + scoring_seconds
-            return {"method": label, "ratio": config.ratio, "achieved": report["parameters"]["ratio_prunable"],
-                    "achieved_total": report["parameters"]["ratio_total"], "prune_seconds": seconds,
-                    "scoring_seconds": scoring_seconds, "solve_seconds": report["timings"]["solve_seconds"],
+            return {"method": label, "ratio": config.ratio, "achieved": report.parameters.ratio_prunable,
+                    "achieved_total": report.parameters.ratio_total, "prune_seconds": seconds,
+                    "scoring_seconds": scoring_seconds, "solve_seconds": report.timings.solve_seconds,
                     "peak_mib": mem["peak_mib"], **evaluate(model, tokenizer, text, args)}
 
         return log.run(f"{label}-r{config.ratio}-{cal_tag}-{args.targets}-{args.eval_tokens}", job)

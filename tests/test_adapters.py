@@ -9,7 +9,8 @@ import transformers
 
 from reprune.adapters import UnsupportedArchitectureError, get_adapter, supported_model_types
 from reprune.checkpoint import REMOTE_FILE, load, save_pruned
-from reprune.pipeline import PruneConfig, prune, prunable_parameters
+from reprune import PruneConfig, prune
+from reprune.pipeline import prunable_parameters
 from reprune.reconstruction import RECONSTRUCTIONS
 from tiny_models import FAMILIES, calibration_batch, model_output, tiny_model
 
@@ -41,9 +42,9 @@ def test_ratio_zero_is_identity(family, mode, ids):
     expected = model_output(reference, ids)
     model, report = prune(tiny_model(family), ids, PruneConfig(ratio=0.0, reconstruction=mode), progress=False)
     assert_same_outputs(model_output(model, ids), expected)
-    assert report["layers"] == []
-    assert report["parameters"]["total_after"] == report["parameters"]["total_before"] == count_parameters(reference)
-    assert report["parameters"]["ratio_prunable"] == 0
+    assert report.layers == []
+    assert report.parameters.total_after == report.parameters.total_before == count_parameters(reference)
+    assert report.parameters.ratio_prunable == 0
     reference_state = reference.state_dict()
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, reference_state[name]), name
@@ -65,23 +66,21 @@ def test_prune_save_load_round_trip(family, allocation, criterion, reconstructio
     model, report = prune(tiny_model(family), ids, config, progress=False)
     expected = model_output(model, ids)
     assert torch.isfinite(expected).all()
-    params = report["parameters"]
-    assert params["total_before"] == dense_params
-    assert params["total_after"] == count_parameters(model) < dense_params
-    assert params["prunable_after"] == prunable_parameters(get_adapter(model))
-    assert 0.2 < params["ratio_prunable"] < 0.4
+    params = report.parameters
+    assert params.total_before == dense_params
+    assert params.total_after == count_parameters(model) < dense_params
+    assert params.prunable_after == prunable_parameters(get_adapter(model))
+    assert 0.2 < params.ratio_prunable < 0.4
 
     out = save_pruned(model, None, tmp_path / "pruned", report)
     loaded = load(out)
     assert isinstance(loaded, type(model))  # per-layer sizes load as a Reprune<Class> subclass
     assert_same_outputs(model_output(loaded, ids), expected)
     # the report's parameter counts are those of the model that comes back from disk
-    assert count_parameters(loaded) == params["total_after"]
-    assert prunable_parameters(get_adapter(loaded)) == params["prunable_after"]
+    assert count_parameters(loaded) == params.total_after
+    assert prunable_parameters(get_adapter(loaded)) == params.prunable_after
     # per-layer shapes survive the round trip
-    from reprune.pipeline import layer_shapes
-
-    assert layer_shapes(get_adapter(loaded)) == report["shapes"]
+    assert get_adapter(loaded).layer_shapes() == report.shapes
     assert loaded.config.reprune["allocation"] == allocation
     assert loaded.config.reprune["reconstruction"] == reconstruction
     if getattr(loaded.config, "reprune_manifest", None):
@@ -101,28 +100,28 @@ def test_gqa_head_pruning_stays_valid(family, gqa_mode, ids, tmp_path):
     assert torch.isfinite(out_inmem).all()
 
     adapter = get_adapter(model)
-    attention_layers = [layer for layer in report["layers"] if layer["kind"] == "attention"]
+    attention_layers = [layer for layer in report.layers if layer.kind == "attention"]
     assert attention_layers, "no heads were pruned"
     for layer in attention_layers:
-        kept = torch.tensor(layer["kept_units"])
+        kept = torch.tensor(layer.kept_units)
         groups, per_group = torch.unique(kept // 2, return_counts=True)  # 2 query heads per KV head before
         assert bool((per_group == per_group[0]).all()), f"uneven GQA mapping: {layer['kept_units']}"
         if gqa_mode == "group":  # whole KV groups go: every surviving group keeps both its heads
             assert per_group.tolist() == [2] * len(groups) and len(groups) < 2
         else:  # the same number of query heads from every group, all KV heads stay
             assert len(groups) == 2 and per_group.tolist() == [1, 1]
-    for index, shape in enumerate(report["shapes"]):
+    for index, shape in enumerate(report.shapes):
         attention = adapter.depth2_modules(index)[0]
         attn = attention.parent
-        assert shape["num_heads"] % shape["num_kv_heads"] == 0
-        assert attn.q_proj.out_features == shape["num_heads"] * shape["head_dim"]
-        assert attn.k_proj.out_features == attn.v_proj.out_features == shape["num_kv_heads"] * shape["head_dim"]
-        assert attn.o_proj.in_features == shape["num_heads"] * shape["head_dim"]
-        assert attn.num_key_value_groups == shape["num_heads"] // shape["num_kv_heads"]
+        assert shape.num_heads % shape.num_kv_heads == 0
+        assert attn.q_proj.out_features == shape.num_heads * shape.head_dim
+        assert attn.k_proj.out_features == attn.v_proj.out_features == shape.num_kv_heads * shape.head_dim
+        assert attn.o_proj.in_features == shape.num_heads * shape.head_dim
+        assert attn.num_key_value_groups == shape.num_heads // shape.num_kv_heads
         if gqa_mode == "query":
-            assert shape["num_kv_heads"] == 2
+            assert shape.num_kv_heads == 2
     if gqa_mode == "group":
-        assert any(shape["num_kv_heads"] == 1 for shape in report["shapes"])
+        assert any(shape.num_kv_heads == 1 for shape in report.shapes)
 
     out = save_pruned(model, None, tmp_path / "gqa", report)
     loaded = load(out)
@@ -130,12 +129,12 @@ def test_gqa_head_pruning_stays_valid(family, gqa_mode, ids, tmp_path):
     manifest = getattr(loaded.config, "reprune_manifest", None)
     if manifest:
         attributes = manifest["attributes"]
-        for index, shape in enumerate(report["shapes"]):
+        for index, shape in enumerate(report.shapes):
             entry = next(v for k, v in attributes.items() if k.endswith(f"layers.{index}.self_attn"))
-            assert entry["num_key_value_groups"] == shape["num_heads"] // shape["num_kv_heads"]
+            assert entry["num_key_value_groups"] == shape.num_heads // shape.num_kv_heads
     else:
-        assert loaded.config.num_key_value_heads == report["shapes"][0]["num_kv_heads"]
-        assert loaded.config.num_attention_heads == report["shapes"][0]["num_heads"]
+        assert loaded.config.num_key_value_heads == report.shapes[0].num_kv_heads
+        assert loaded.config.num_attention_heads == report.shapes[0].num_heads
     assert_same_outputs(model_output(loaded, ids), out_inmem)
 
 

@@ -14,8 +14,10 @@ import torch
 import transformers
 
 from reprune.adapters import Depth2Module, get_adapter
+from reprune.adapters import LayerShape
 from reprune.allocation import allocate, module_budget, projection_params, select_units
-from reprune.pipeline import PruneConfig, prune, prunable_parameters
+from reprune import PruneConfig, prune
+from reprune.pipeline import prunable_parameters
 from tiny_models import FAMILIES, calibration_batch, model_output, tiny_model
 
 
@@ -107,11 +109,11 @@ def test_unit_cost_matches_real_parameter_count():
             model, report = prune(model, ids, PruneConfig(ratio=0.3, reconstruction="none", gqa_mode=gqa_mode),
                                   progress=False)
             expected = sum(
-                (layer["units_before"] - layer["units_after"]) * budgets[(layer["block"], layer["kind"])].unit_cost
-                for layer in report["layers"])
-            params = report["parameters"]
-            assert params["prunable_before"] - params["prunable_after"] == pytest.approx(expected, abs=1e-6), family
-            assert params["total_before"] - params["total_after"] == pytest.approx(expected, abs=1e-6), family
+                (layer.units_before - layer.units_after) * budgets[(layer.block, layer.kind)].unit_cost
+                for layer in report.layers)
+            params = report.parameters
+            assert params.prunable_before - params.prunable_after == pytest.approx(expected, abs=1e-6), family
+            assert params.total_before - params.total_after == pytest.approx(expected, abs=1e-6), family
 
 
 @pytest.mark.parametrize("allocation", ["uniform", "global"])
@@ -126,15 +128,15 @@ def test_pipeline_achieves_ratio(family, allocation):
     model, report = prune(model, ids, config, progress=False)
     added_biases = sum(p.numel() for name, p in model.named_parameters()
                        if name.endswith(".bias") and name not in before)
-    params = report["parameters"]
-    removed = params["prunable_before"] - (params["prunable_after"] - added_biases)
+    params = report.parameters
+    removed = params.prunable_before - (params.prunable_after - added_biases)
     low, high = tolerance(allocation, budgets, {b.key for b in budgets})
-    assert low <= removed - 0.3 * params["prunable_before"] <= high
+    assert low <= removed - 0.3 * params.prunable_before <= high
     if family == "llama":  # LLaMA layers gain their compensation biases (reported as such)
         assert added_biases > 0
     else:
         assert added_biases == 0
-        assert params["ratio_prunable"] == pytest.approx(removed / params["prunable_before"])
+        assert params.ratio_prunable == pytest.approx(removed / params.prunable_before)
 
 
 @pytest.mark.parametrize("allocation", ["uniform", "global"])
@@ -144,21 +146,21 @@ def test_keep_first_and_last_blocks_unchanged(allocation):
     model, report = prune(tiny_model("llama"), ids,
                           PruneConfig(ratio=0.15, allocation=allocation, reconstruction="bias",
                                       keep_first=1, keep_last=1), progress=False)
-    assert {layer["block"] for layer in report["layers"]} == {1}
+    assert {layer.block for layer in report.layers} == {1}
     for index in (0, 2):
         kept = dict(model.model.layers[index].named_parameters())
         original = dict(reference.model.layers[index].named_parameters())
         assert kept.keys() == original.keys()
         for name, tensor in kept.items():
             assert torch.equal(tensor, original[name]), (index, name)
-    assert report["shapes"][0] == report["shapes"][2] == {"num_heads": 4, "num_kv_heads": 2, "head_dim": 8,
-                                                          "intermediate_size": 48}
-    assert report["shapes"][1]["intermediate_size"] < 48
+    assert report.shapes[0] == report.shapes[2] == LayerShape(num_heads=4, num_kv_heads=2, head_dim=8,
+                                                              intermediate_size=48)
+    assert report.shapes[1].intermediate_size < 48
     budgets = budgets_of(reference)
     eligible = {b.key for b in budgets if b.block == 1}
     low, high = tolerance(allocation, budgets, eligible)
-    removed = sum((layer["units_before"] - layer["units_after"]) * next(
-        b.unit_cost for b in budgets if b.key == (layer["block"], layer["kind"])) for layer in report["layers"])
+    removed = sum((layer.units_before - layer.units_after) * next(
+        b.unit_cost for b in budgets if b.key == (layer.block, layer.kind)) for layer in report.layers)
     assert low <= removed - 0.15 * prunable_parameters(get_adapter(reference)) <= high
 
 
@@ -166,7 +168,7 @@ def test_keep_last_only():
     ids = calibration_batch(8, 16)
     reference = tiny_model("opt")
     model, report = prune(tiny_model("opt"), ids, PruneConfig(ratio=0.1, keep_last=1), progress=False)
-    assert {layer["block"] for layer in report["layers"]} == {0}
+    assert {layer.block for layer in report.layers} == {0}
     for name, tensor in model.model.decoder.layers[1].named_parameters():
         assert torch.equal(tensor, dict(reference.model.decoder.layers[1].named_parameters())[name])
 
@@ -180,16 +182,16 @@ def test_gqa_legal_counts_and_forward(gqa_mode, step, kv_after):
     ids = calibration_batch(8, 16)
     model, report = prune(model, ids, PruneConfig(ratio=0.2, targets="attention", gqa_mode=gqa_mode),
                           progress=False)
-    assert report["layers"]
-    for layer in report["layers"]:
-        removed = layer["units_before"] - layer["units_after"]
+    assert report.layers
+    for layer in report.layers:
+        removed = layer.units_before - layer.units_after
         assert removed % step == 0 and removed > 0
-        kept = torch.tensor(layer["kept_units"])
+        kept = torch.tensor(layer.kept_units)
         groups, per_group = torch.unique(kept // 3, return_counts=True)
         assert bool((per_group == per_group[0]).all())
         assert len(groups) == kv_after
-    for shape in report["shapes"]:
-        assert shape["num_kv_heads"] == kv_after and shape["num_heads"] % shape["num_kv_heads"] == 0
+    for shape in report.shapes:
+        assert shape.num_kv_heads == kv_after and shape.num_heads % shape.num_kv_heads == 0
     assert torch.isfinite(model_output(model, ids)).all()
 
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from reprune.checkpoint import REMOTE_FILE, save_pruned
-from reprune.pipeline import PruneConfig, prune
+from reprune import PruneConfig, prune
 from tiny_models import calibration_batch, model_output, tiny_model
 
 CHILD = textwrap.dedent(
@@ -72,14 +72,14 @@ def test_uniform_llama_loads_with_plain_transformers(ids, tmp_path):
     model = tiny_model("llama")  # hidden 32, 4 query heads over 2 KV heads
     model, report = prune(model, ids, PruneConfig(ratio=0.3, allocation="uniform", reconstruction="bias"),
                           progress=False)
-    assert all(s["num_heads"] == 2 for s in report["shapes"])  # 32 is still a multiple of the head count
+    assert all(s.num_heads == 2 for s in report.shapes)  # 32 is still a multiple of the head count
     expected = model_output(model, ids)
     out = save_pruned(model, None, tmp_path / "plain", report)
     config = json.loads((out / "config.json").read_text())
     assert "reprune_manifest" not in config and "auto_map" not in config
     assert not (out / REMOTE_FILE).exists()
     assert config["num_attention_heads"] == 2 and config["num_key_value_heads"] == 2
-    assert config["intermediate_size"] == report["shapes"][0]["intermediate_size"]
+    assert config["intermediate_size"] == report.shapes[0].intermediate_size
     assert config["mlp_bias"] is True and config["attention_bias"] is True  # the compensation biases
     assert json.loads((out / "reprune_report.json").read_text())["plain_transformers"] is True
 
@@ -92,7 +92,7 @@ def test_uniform_llama_loads_with_plain_transformers(ids, tmp_path):
 def test_global_llama_loads_with_remote_code(ids, tmp_path):
     model, report = prune(tiny_model("llama"), ids,
                           PruneConfig(ratio=0.3, allocation="global", reconstruction="liar"), progress=False)
-    shapes = report["shapes"]
+    shapes = report.shapes
     assert any(s != shapes[0] for s in shapes), "global allocation should give per-layer sizes here"
     expected = model_output(model, ids)
     out = save_pruned(model, None, tmp_path / "remote", report)
@@ -109,7 +109,7 @@ def test_global_llama_loads_with_remote_code(ids, tmp_path):
 
 def test_bert_head_pruned_loads_with_remote_code(ids, tmp_path):
     model, report = prune(tiny_model("bert"), ids, PruneConfig(ratio=0.3, reconstruction="liar"), progress=False)
-    assert all(s["num_heads"] == 3 for s in report["shapes"])  # 3 × 8 ≠ 32: needs the manifest
+    assert all(s.num_heads == 3 for s in report.shapes)  # 3 × 8 ≠ 32: needs the manifest
     expected = model_output(model, ids)
     out = save_pruned(model, None, tmp_path / "bert", report)
     config = json.loads((out / "config.json").read_text())

@@ -10,6 +10,7 @@ import torch
 import transformers
 from transformers import AutoTokenizer
 
+from reprune.record import RunRecord
 from reprune.checkpoint import load
 from reprune.cli import build_config, build_parser, main
 from reprune.models import smollm2_path
@@ -48,11 +49,11 @@ def test_prune_then_eval(tiny_dir: Path, corpus: Path, tmp_path: Path, capsys: p
                  "--reconstruct", "liar", "--calib", str(corpus), "--num-samples", "4", "--seq-len", "32",
                  "--device", "cpu", "--out", str(out)])
     assert code == 0
-    report = json.loads((out / "reprune_report.json").read_text())
-    assert report["config"]["criterion"] == "wanda-sp" and report["config"]["reconstruction"] == "liar"
+    report = RunRecord.read(out)
+    assert report.config.criterion == "wanda-sp" and report.config.reconstruction == "liar"
     model = load(out)
-    assert sum(p.numel() for p in model.parameters()) == report["parameters"]["total_after"]
-    assert report["parameters"]["total_after"] < report["parameters"]["total_before"]
+    assert sum(p.numel() for p in model.parameters()) == report.parameters.total_after
+    assert report.parameters.total_after < report.parameters.total_before
     assert (tiny_dir / "model.safetensors").read_bytes() == weights_before  # input never modified
 
     code = main(["eval", "--model", str(out), "--ppl", str(corpus), "--seq-len", "16,32", "--max-windows", "2"])

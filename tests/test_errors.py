@@ -11,7 +11,7 @@ from transformers import PreTrainedTokenizerFast
 
 from reprune.checkpoint import OutputExistsError, check_output_dir, load, save_pruned
 from reprune.data import CorpusError, calibration_ids, load_corpus
-from reprune.pipeline import PruneConfig, prune
+from reprune import PruneConfig, prune
 from tiny_models import calibration_batch, tiny_model
 
 WORDS = "the a of and to in is was for on that with as by it at from his her an".split()

@@ -12,10 +12,10 @@ import torch
 from reprune import pipeline
 from reprune.adapters import get_adapter
 from reprune.calibration import collect_module_stats, run_block
-from reprune.criteria import get_criterion
-from reprune.pipeline import PruneConfig, global_scores, prune
+from reprune.criteria import CRITERIA
+from reprune import PruneConfig, global_scores, prune
 from reprune.stats import Moments
-from tiny_models import FAMILIES, calibration_batch, model_output, tiny_model
+from tiny_models import FAMILIES, calibration_batch, entered_path, model_output, tiny_model
 
 IDS = calibration_batch(16, 16)
 BATCHES = 2  # 16 samples, batch_size 8
@@ -24,13 +24,13 @@ BATCHES = 2  # 16 samples, batch_size 8
 def _reference_scores(model: torch.nn.Module, config: PruneConfig) -> dict[tuple[int, str], torch.Tensor]:
     """Each module scored from its own full statistics pass, then the block run again to propagate."""
     adapter = get_adapter(model)
-    acts = pipeline._capture_inputs(model, adapter, IDS, config, torch.device("cpu"))
+    acts = pipeline.capture_inputs(model, adapter, IDS, config.resolve(len(adapter.blocks())), torch.device("cpu"))
     generator = torch.Generator().manual_seed(config.seed)
     scores = {}
     for index, block in enumerate(adapter.blocks()):
         for module in adapter.depth2_modules(index):
-            criterion = get_criterion(config.criterion_for(module.kind))
-            stats = collect_module_stats(block, module, acts, criterion.needs)
+            criterion = CRITERIA.get(config.criterion_for(module.kind))
+            stats = collect_module_stats(module, criterion.needs, entered_path(adapter, acts, index))
             scores[(index, module.kind)] = criterion.score(module, stats, generator)
         acts = run_block(block, acts)
     return scores
@@ -94,7 +94,7 @@ def test_reused_scores_give_the_same_pruned_model(family: str) -> None:
         reused, reused_report = prune(model, IDS, config, progress=False, scores=scores)
         assert len(runs) == _uniform_runs(family, config), "no scoring pass with given scores"
         scored, scored_report = prune(copy.deepcopy(dense), IDS, config, progress=False)
-        assert [r["kept_units"] for r in reused_report["layers"]] == [r["kept_units"] for r in scored_report["layers"]]
+        assert [r.kept_units for r in reused_report.layers] == [r.kept_units for r in scored_report.layers]
         torch.testing.assert_close(model_output(reused, IDS), model_output(scored, IDS))
 
 

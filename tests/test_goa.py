@@ -9,14 +9,15 @@ import types
 import pytest
 import torch
 from scipy.spatial.distance import jensenshannon
-from tiny_models import calibration_batch, model_output, tiny_model
+from tiny_models import calibration_batch, entered_path, model_output, tiny_model
 from torch import nn
 
 from reprune.adapters import Depth2Module, Level1Part, Projection, get_adapter
 from reprune.allocation import module_budget
-from reprune.calibration import capture_block_inputs, collect_block_stats, collect_module_stats, run_block
-from reprune.criteria import get_criterion
-from reprune.pipeline import PruneConfig, goa_recover, prune
+from reprune.calibration import CalibrationPath, capture_block_inputs, collect_block_stats, collect_module_stats, run_block
+from reprune.criteria import CRITERIA
+from reprune import PruneConfig, prune
+from reprune.recovery import RECOVERIES, RecoveryInput
 from reprune.presets import preset_config
 from reprune.selfgen import self_generated_ids
 from reprune.stats import Moments, ModuleStats, head_divergence_sum, js_divergence
@@ -34,7 +35,7 @@ def _relu_module(d_in: int = 6, width: int = 5, d_out: int = 4) -> Depth2Module:
     holder.fc1 = nn.Linear(d_in, width, bias=False)
     holder.fc2 = nn.Linear(width, d_out, bias=False)
     return Depth2Module(kind="ffn", block=0, parent=holder, level1=[Level1Part(Projection(holder, "fc1"))],
-                        level2=Projection(holder, "fc2"), num_units=width, unit_width=1, activation="relu")
+                        level2=Projection(holder, "fc2"), num_units=width, unit_width=1)
 
 
 def _monte_carlo_energy(module: Depth2Module, x: torch.Tensor) -> torch.Tensor:
@@ -53,10 +54,10 @@ def test_second_moment_matches_monte_carlo_output_energy() -> None:
     stats = ModuleStats(level1_in=Moments())
     stats.level1_in.update(x)
     expected = _monte_carlo_energy(module, x)
-    scores = get_criterion("second-moment").score(module, stats, generator)
+    scores = CRITERIA.get("second-moment").score(module, stats, generator)
     assert torch.allclose(scores, expected, rtol=0.03)
     # the covariance matters here: the data-free metric (Σ = I) is far off for these inputs
-    free = get_criterion("second-moment-free").score(module, ModuleStats(), generator)
+    free = CRITERIA.get("second-moment-free").score(module, ModuleStats(), generator)
     assert not torch.allclose(free, expected, rtol=0.3)
 
 
@@ -64,7 +65,7 @@ def test_second_moment_free_needs_no_data_and_matches_white_inputs() -> None:
     module = _relu_module()
     generator = torch.Generator().manual_seed(2)
     x = torch.randn(200_000, 6, generator=generator, dtype=torch.float64)
-    scores = get_criterion("second-moment-free").score(module, ModuleStats(), generator)
+    scores = CRITERIA.get("second-moment-free").score(module, ModuleStats(), generator)
     assert torch.allclose(scores, _monte_carlo_energy(module, x), rtol=0.03)
 
 
@@ -106,8 +107,8 @@ def test_collected_head_divergence_equals_attention_maps(family: str) -> None:
     ids = calibration_batch(4, 12)
     acts = capture_block_inputs(model, adapter, ids, 2, CPU, attn_implementation="eager")
     acts = run_block(adapter.blocks()[0], acts)
-    stats = collect_module_stats(adapter.blocks()[1], adapter.depth2_modules(1)[0], acts,
-                                 frozenset({"head_divergence"}))
+    stats = collect_module_stats(adapter.depth2_modules(1)[0], frozenset({"head_divergence"}),
+                                 entered_path(adapter, acts, 1))
     assert model.config._attn_implementation == "sdpa"  # switched only while collecting
     with torch.no_grad():
         model.set_attn_implementation("eager")
@@ -124,7 +125,7 @@ def test_head_divergence_refuses_inputs_without_a_causal_mask() -> None:
     adapter = get_adapter(model)
     acts = capture_block_inputs(model, adapter, calibration_batch(2, 8), 2, CPU)  # SDPA: no explicit mask
     with pytest.raises(RuntimeError, match="explicit causal mask"):
-        collect_module_stats(adapter.blocks()[0], adapter.depth2_modules(0)[0], acts, frozenset({"head_divergence"}))
+        collect_module_stats(adapter.depth2_modules(0)[0], frozenset({"head_divergence"}), entered_path(adapter, acts, 0))
 
 
 def test_one_pass_statistics_refuse_inputs_without_a_causal_mask_and_leave_no_hooks() -> None:
@@ -157,8 +158,8 @@ def _duplicate_head(model: nn.Module, source: int = 0, copy_to: int = 2) -> None
 
 
 def _removed_heads(report: dict) -> list[list[int]]:
-    return [sorted(set(range(r["units_before"])) - set(r["kept_units"])) for r in report["layers"]
-            if r["kind"] == "attention"]
+    return [sorted(set(range(r.units_before)) - set(r.kept_units)) for r in report.layers
+            if r.kind == "attention"]
 
 
 def _one_head_per_block_ratio(model: nn.Module) -> float:
@@ -192,17 +193,17 @@ def test_head_similarity_threshold_count_is_made_legal_for_gqa() -> None:
     config = PruneConfig(ratio=0.0, criterion="head-similarity", targets="attention", reconstruction="none",
                          criterion_options={"tau": 1.0})  # above ln 2: all but one head marked (3)
     _, report = prune(model, calibration_batch(4, 16), config, progress=False)
-    assert [s["num_heads"] for s in report["shapes"]] == [2, 2, 2]
-    assert [s["num_kv_heads"] for s in report["shapes"]] == [2, 2, 2]
+    assert [s.num_heads for s in report.shapes] == [2, 2, 2]
+    assert [s.num_kv_heads for s in report.shapes] == [2, 2, 2]
     assert torch.isfinite(model_output(model, calibration_batch(2, 8, seed=5))).all()
 
 
 def test_head_similarity_cannot_score_ffn_neurons() -> None:
     with pytest.raises(ValueError, match="ffn_criterion"):
-        PruneConfig(criterion="head-similarity").validate(2)
+        PruneConfig(criterion="head-similarity").resolve(2)
     ffn = get_adapter(tiny_model("opt")).depth2_modules(0)[1]
     with pytest.raises(ValueError, match="FFN"):
-        get_criterion("head-similarity").score(ffn, ModuleStats(), torch.Generator())
+        CRITERIA.get("head-similarity").score(ffn, ModuleStats(), torch.Generator())
 
 
 # --- greedy recovery ---------------------------------------------------------------------------
@@ -231,15 +232,16 @@ def test_goa_recovery_reduces_module_error_after_earlier_pruning(family: str) ->
     adapter, dense_adapter = get_adapter(recovered), get_adapter(dense)
     acts = run_block(adapter.blocks()[0], capture_block_inputs(recovered, adapter, ids, 8, CPU))
     dense_acts = run_block(dense_adapter.blocks()[0], capture_block_inputs(dense, dense_adapter, ids, 8, CPU))
-    block, dense_block = adapter.blocks()[1], dense_adapter.blocks()[1]
-    for module, dense_module in zip(adapter.modules_of(block, 1), dense_adapter.modules_of(dense_block, 1)):
-        def restat(needs: frozenset[str], module: Depth2Module = module,
-                   dense_module: Depth2Module = dense_module) -> ModuleStats:
-            return collect_module_stats(block, module, acts, needs, dense_block, dense_module, dense_acts)
+    path, dense_path = CalibrationPath(adapter, acts), CalibrationPath(dense_adapter, dense_acts)
+    path.enter(adapter.blocks()[1], 1)
+    dense_path.enter(dense_adapter.blocks()[1], 1)
+    for kind in ("attention", "ffn"):
+        module = path.module(kind)
 
-        final = goa_recover(module, dense_module, 1e-4, restat, frozenset({"level1_in"}))
-        assert final.level1_in is not None and final.level1_in.n > 0  # the scoring pass gathered its needs
-        assert final.level2_cross is None  # ... and nothing it does not read
+        def restat(needs: frozenset[str], module: Depth2Module = module) -> ModuleStats:
+            return collect_module_stats(module, needs, path, dense_path)
+
+        RECOVERIES.get("goa").fn(RecoveryInput(module, dense_path.module(kind), 1e-4, restat))
 
     target = _module_outputs(dense, ids, 1)
     plain, fixed = _module_outputs(pruned, ids, 1), _module_outputs(recovered, ids, 1)
@@ -284,8 +286,8 @@ def test_preset_prunes_a_tiny_gqa_llama(preset: str, options: dict) -> None:
     assert sum(p.numel() for p in model.parameters()) < before
     assert torch.isfinite(model_output(model, calibration_batch(2, 8, seed=7))).all()
     if preset == "goa":  # 4 + 1 kept blocks clipped to leave one of three to prune
-        assert (report["config"]["keep_first"], report["config"]["keep_last"]) == (1, 1)
-        assert [r["block"] for r in report["layers"]] == [1, 1]
+        assert (report.config.keep_first, report.config.keep_last) == (1, 1)
+        assert [r.block for r in report.layers] == [1, 1]
 
 
 def test_preset_config_rejects_unknown_names_and_fields() -> None:

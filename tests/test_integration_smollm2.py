@@ -74,7 +74,7 @@ def perplexity(model, windows: torch.Tensor, batch_size: int = 8) -> float:
 @pytest.fixture(scope="module")
 def results(smollm2, calibration, eval_windows):
     """Perplexity per reconstruction mode, each computed once and on demand."""
-    from reprune.pipeline import PruneConfig, prune
+    from reprune import PruneConfig, prune
 
     fresh_model, _ = smollm2
     cache: dict[str, tuple[float, dict]] = {}
@@ -104,13 +104,13 @@ def test_smollm2_shape_is_gqa(smollm2):
 def test_uniform_pruning_report(results):
     ppl, report = results("bias")
     assert math.isfinite(ppl)
-    params = report["parameters"]
-    assert abs(params["ratio_prunable"] - RATIO) < 0.01
+    params = report.parameters
+    assert abs(params.ratio_prunable - RATIO) < 0.01
     # GQA query mode: the same number of query heads goes from each of the 3 groups, KV heads stay
-    for shape in report["shapes"]:
-        assert shape["num_kv_heads"] == 3 and shape["num_heads"] % 3 == 0 and shape["num_heads"] < 9
-    for layer in report["layers"]:
-        assert layer["error"] <= layer["error_none"] * (1 + 1e-9)
+    for shape in report.shapes:
+        assert shape.num_kv_heads == 3 and shape.num_heads % 3 == 0 and shape.num_heads < 9
+    for layer in report.layers:
+        assert layer.error <= layer.error_none * (1 + 1e-9)
 
 
 def test_bias_compensation_beats_plain_pruning(results):
@@ -126,9 +126,9 @@ def test_liar_beats_bias_compensation(results):
     assert math.isfinite(ppl_liar)
     assert ppl_liar < ppl_bias, (ppl_liar, ppl_bias)
     # the first layer sees the same inputs in both runs: LIAR's output error is lower there
-    first_bias, first_liar = report_bias["layers"][0], report_liar["layers"][0]
-    assert first_bias["kept_units"] == first_liar["kept_units"]
-    assert first_liar["error"] <= first_bias["error"]
+    first_bias, first_liar = report_bias.layers[0], report_liar.layers[0]
+    assert first_bias.kept_units == first_liar.kept_units
+    assert first_liar.error <= first_bias.error
 
 
 def test_dense_is_best(results):

@@ -19,20 +19,21 @@ from torch import nn
 from reprune.adapters import Depth2Module, Level1Part, Projection, get_adapter
 from reprune.calibration import capture_block_inputs, collect_module_stats
 from reprune.checkpoint import load, save_pruned
-from reprune.criteria import get_criterion
+from reprune.criteria import CRITERIA
 from reprune.linalg import IllConditionedWarning, solve_ridge
-from reprune import pipeline
-from reprune.pipeline import PruneConfig, prune
+from reprune import calibration, pipeline
+from reprune.config import Plan
+from reprune import PruneConfig, prune
 from reprune.reconstruction import (
     RECONSTRUCTIONS,
     ReconstructionInput,
-    get_reconstruction,
+
     output_energy,
     output_error,
 )
 from reprune.reconstruction import closed_form
 from reprune.stats import ModuleStats
-from tiny_models import calibration_batch, model_output, tiny_model
+from tiny_models import calibration_batch, entered_path, model_output, tiny_model
 
 
 # --------------------------------------------------------------------------------------------------
@@ -96,7 +97,7 @@ def test_output_error_from_moments_matches_rows():
     x = correlated_inputs(64, 10, REMOVED, noise=0.3, seed=1)
     inp = make_input(module, x, REMOVED, alpha=1e-2)
     for name in ("none", "bias", "liar"):
-        weight, bias = get_reconstruction(name).fn(inp)
+        weight, bias = RECONSTRUCTIONS.get(name).fn(inp)
         from_rows = layer_rows_error(inp, x, weight, bias)
         assert moment_error(inp, (weight, bias)) == pytest.approx(from_rows, rel=1e-9, abs=1e-12)
 
@@ -107,7 +108,7 @@ def test_liar_recovers_exact_linear_dependence(bias):
     module = make_layer(10, 6, bias=bias)
     x = correlated_inputs(200, 10, REMOVED, noise=0.0, seed=2)
     inp = make_input(module, x, REMOVED, alpha=1e-10)
-    weight, new_bias = get_reconstruction("liar").fn(inp)
+    weight, new_bias = RECONSTRUCTIONS.get("liar").fn(inp)
     assert weight.shape == (6, 6) and new_bias.shape == (6,)
     full = x @ inp.weight + inp.bias
     approx = x[:, inp.kept] @ weight + new_bias
@@ -115,7 +116,7 @@ def test_liar_recovers_exact_linear_dependence(bias):
     energy = output_energy(inp.stats.level2_in, inp.weight, inp.bias)
     assert moment_error(inp, (weight, new_bias)) / energy < 1e-12
     # bias compensation alone cannot do this (the removed channels vary with the kept ones)
-    assert moment_error(inp, get_reconstruction("bias").fn(inp)) / energy > 1e-3
+    assert moment_error(inp, RECONSTRUCTIONS.get("bias").fn(inp)) / energy > 1e-3
 
 
 def test_liar_with_q_zero_is_bias_compensation(monkeypatch):
@@ -132,8 +133,8 @@ def test_liar_with_q_zero_is_bias_compensation(monkeypatch):
     q, c = closed_form.liar_interpolation(inp)
     assert torch.count_nonzero(q) == 0
     torch.testing.assert_close(c, mu[inp.removed], rtol=0, atol=1e-15)
-    liar_w, liar_b = get_reconstruction("liar").fn(inp)
-    bias_w, bias_b = get_reconstruction("bias").fn(inp)
+    liar_w, liar_b = RECONSTRUCTIONS.get("liar").fn(inp)
+    bias_w, bias_b = RECONSTRUCTIONS.get("bias").fn(inp)
     torch.testing.assert_close(liar_w, bias_w, rtol=0, atol=0)
     torch.testing.assert_close(liar_b, bias_b, rtol=1e-14, atol=1e-14)
     # and by hand, from the formula of METHODS.md
@@ -153,8 +154,8 @@ def test_liar_equals_bias_when_removed_channels_are_uncorrelated():
     inp = make_input(module, x, REMOVED, alpha=1e-2)
     q, c = closed_form.liar_interpolation(inp)
     assert q.abs().max() < 1e-12
-    liar_w, liar_b = get_reconstruction("liar").fn(inp)
-    bias_w, bias_b = get_reconstruction("bias").fn(inp)
+    liar_w, liar_b = RECONSTRUCTIONS.get("liar").fn(inp)
+    bias_w, bias_b = RECONSTRUCTIONS.get("bias").fn(inp)
     torch.testing.assert_close(liar_w, bias_w, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(liar_b, bias_b, rtol=1e-10, atol=1e-10)
 
@@ -172,13 +173,13 @@ def test_liar_never_worse_than_bias_with_noise(seed, alpha, has_bias):
     x = correlated_inputs(80, 12, [0, 3, 5, 10, 11], noise=1.0, seed=seed)
     x[:, 2] += 4.0  # non-zero means matter for the bias-vs-none comparison
     inp = make_input(module, x, [0, 3, 5, 10, 11], alpha=alpha)
-    errors = {name: moment_error(inp, get_reconstruction(name).fn(inp)) for name in ("none", "bias", "liar")}
+    errors = {name: moment_error(inp, RECONSTRUCTIONS.get(name).fn(inp)) for name in ("none", "bias", "liar")}
     tol = 1e-9 * errors["none"]
     assert errors["liar"] <= errors["bias"] + tol
     assert errors["bias"] <= errors["none"] + tol
     assert errors["liar"] < errors["bias"]  # strictly: the kept channels carry information here
     for name in errors:  # the moment formula agrees with the rows
-        weight, bias = get_reconstruction(name).fn(inp)
+        weight, bias = RECONSTRUCTIONS.get(name).fn(inp)
         assert errors[name] == pytest.approx(layer_rows_error(inp, x, weight, bias), rel=1e-8, abs=1e-10)
 
 
@@ -186,7 +187,7 @@ def test_liar_without_removed_channels_is_identity():
     module = make_layer(6, 4)
     x = correlated_inputs(20, 6, [2], noise=0.1, seed=0)
     inp = make_input(module, x, [], alpha=1e-2)
-    weight, bias = get_reconstruction("liar").fn(inp)
+    weight, bias = RECONSTRUCTIONS.get("liar").fn(inp)
     torch.testing.assert_close(weight, inp.weight)
     torch.testing.assert_close(bias, inp.bias)
 
@@ -206,19 +207,19 @@ def frozen(inp: ReconstructionInput) -> ReconstructionInput:
 def record_reconstruction_inputs(monkeypatch, name: str) -> list[ReconstructionInput]:
     """Wrap the registered reconstruction ``name`` so every call's input is kept (frozen)."""
     seen: list[ReconstructionInput] = []
-    original = RECONSTRUCTIONS[name]
+    original = RECONSTRUCTIONS.get(name)
 
     def spy(inp: ReconstructionInput):
         seen.append(frozen(inp))
         return original.fn(inp)
 
-    monkeypatch.setitem(RECONSTRUCTIONS, name, dataclasses.replace(original, fn=spy))
+    monkeypatch.setitem(RECONSTRUCTIONS._entries, name, dataclasses.replace(original, fn=spy))
     return seen
 
 
 def relative_errors(inp: ReconstructionInput) -> dict[str, float]:
     energy = max(output_energy(inp.stats.level2_in, inp.weight, inp.bias), 1e-30)
-    return {name: moment_error(inp, get_reconstruction(name).fn(inp)) / energy for name in ("none", "bias", "liar")}
+    return {name: moment_error(inp, RECONSTRUCTIONS.get(name).fn(inp)) / energy for name in ("none", "bias", "liar")}
 
 
 PIPELINE_FAMILIES = ["llama", "bert", "gpt2", "opt"]
@@ -234,41 +235,41 @@ def ids():
 @pytest.mark.parametrize("family", PIPELINE_FAMILIES)
 def test_pipeline_errors_liar_le_bias_le_none(family, criterion, ids, monkeypatch, tmp_path):
     # magnitude + none reads no statistics and would skip calibration: measure its errors all the same
-    monkeypatch.setattr(pipeline, "_data_free", lambda config: False)
+    monkeypatch.setattr(Plan, "data_free", property(lambda plan: False))
     runs = {}
     for mode in MODES:
         spied = record_reconstruction_inputs(monkeypatch, mode)
         model, report = prune(tiny_model(family), ids, PruneConfig(ratio=0.3, criterion=criterion,
                                                                  reconstruction=mode), progress=False)
         runs[mode] = (model, report, list(spied))
-        layers = report["layers"]
+        layers = report.layers
         assert layers, "nothing was pruned"
         assert len(spied) == len(layers)
         for layer, inp in zip(layers, spied):
             # within one run the two errors share the same calibration inputs
-            assert layer["error"] <= layer["error_none"] * (1 + 1e-9) + 1e-12, (mode, layer["block"], layer["kind"])
+            assert layer.error <= layer.error_none * (1 + 1e-9) + 1e-12, (mode, layer.block, layer.kind)
             if mode == "none":
-                assert layer["error"] == pytest.approx(layer["error_none"], rel=1e-12, abs=1e-15)
+                assert layer.error == pytest.approx(layer.error_none, rel=1e-12, abs=1e-15)
             # independent recomputation of every layer from the same statistics: liar ≤ bias ≤ none
             recomputed = relative_errors(inp)
-            assert recomputed["none"] == pytest.approx(layer["error_none"], rel=1e-6, abs=1e-12)
-            assert recomputed[mode] == pytest.approx(layer["error"], rel=1e-6, abs=1e-12)
+            assert recomputed["none"] == pytest.approx(layer.error_none, rel=1e-6, abs=1e-12)
+            assert recomputed[mode] == pytest.approx(layer.error, rel=1e-6, abs=1e-12)
             assert recomputed["liar"] <= recomputed["bias"] * (1 + 1e-9) + 1e-12
             assert recomputed["bias"] <= recomputed["none"] * (1 + 1e-9) + 1e-12
             assert inp.kept.tolist() == (
                 torch.cat([torch.arange(u * inp.module.unit_width, (u + 1) * inp.module.unit_width)
-                           for u in layer["kept_units"]]).tolist())
+                           for u in layer.kept_units]).tolist())
 
     # the first pruned layer sees identical inputs in every run, and the criterion does not depend on
     # the reconstruction: same units, same plain-pruning error, and liar ≤ bias ≤ none across runs
-    first = {mode: runs[mode][1]["layers"][0] for mode in MODES}
-    assert len({(f["block"], f["kind"]) for f in first.values()}) == 1
-    assert first["none"]["kept_units"] == first["bias"]["kept_units"] == first["liar"]["kept_units"]
-    assert first["none"]["error_none"] == pytest.approx(first["liar"]["error_none"], rel=1e-9)
-    assert first["liar"]["error"] <= first["bias"]["error"] * (1 + 1e-9) + 1e-12
-    assert first["bias"]["error"] <= first["none"]["error"] * (1 + 1e-9) + 1e-12
+    first = {mode: runs[mode][1].layers[0] for mode in MODES}
+    assert len({(f.block, f.kind) for f in first.values()}) == 1
+    assert first["none"].kept_units == first["bias"].kept_units == first["liar"].kept_units
+    assert first["none"].error_none == pytest.approx(first["liar"].error_none, rel=1e-9)
+    assert first["liar"].error <= first["bias"].error * (1 + 1e-9) + 1e-12
+    assert first["bias"].error <= first["none"].error * (1 + 1e-9) + 1e-12
     # an error measure that is not trivially zero
-    assert first["none"]["error"] > 1e-4
+    assert first["none"].error > 1e-4
 
     # the LIAR-pruned model reloads with the same outputs
     model, report, _ = runs["liar"]
@@ -288,26 +289,26 @@ def test_first_layer_errors_recomputed_independently(ids):
     adapter = get_adapter(model)
     acts = capture_block_inputs(model, adapter, ids, 8, torch.device("cpu"))
     module = adapter.depth2_modules(0)[0]
-    stats = collect_module_stats(adapter.blocks()[0], module, acts, frozenset())
-    layer = reports["liar"]["layers"][0]
-    assert (layer["block"], layer["kind"]) == (0, "attention")
-    kept = module.unit_channels(layer["kept_units"])
+    stats = collect_module_stats(module, frozenset(), entered_path(adapter, acts, 0))
+    layer = reports["liar"].layers[0]
+    assert (layer.block, layer.kind) == (0, "attention")
+    kept = module.unit_channels(layer.kept_units)
     mask = torch.ones(module.num_units * module.unit_width, dtype=torch.bool)
     mask[kept] = False
     inp = ReconstructionInput(module, kept, torch.nonzero(mask).reshape(-1), stats, 1e-2)
     errors = relative_errors(inp)
     for mode in MODES:
-        assert errors[mode] == pytest.approx(reports[mode]["layers"][0]["error"], rel=1e-6)
+        assert errors[mode] == pytest.approx(reports[mode].layers[0].error, rel=1e-6)
     assert errors["liar"] < errors["bias"] <= errors["none"]
     # flap kept the highest-scored heads of every KV group (GQA, gqa_mode="query")
-    scores = get_criterion("flap").score(module, stats, torch.Generator())
+    scores = CRITERIA.get("flap").score(module, stats, torch.Generator())
     rep = module.heads_per_kv
-    assert rep == 2 and len(layer["kept_units"]) < module.num_units
+    assert rep == 2 and len(layer.kept_units) < module.num_units
     for group in range(module.num_kv_heads):
         heads = range(group * rep, (group + 1) * rep)
-        kept_here = [h for h in heads if h in layer["kept_units"]]
-        removed_here = [h for h in heads if h not in layer["kept_units"]]
-        assert len(kept_here) == len(layer["kept_units"]) // module.num_kv_heads
+        kept_here = [h for h in heads if h in layer.kept_units]
+        removed_here = [h for h in heads if h not in layer.kept_units]
+        assert len(kept_here) == len(layer.kept_units) // module.num_kv_heads
         assert all(scores[r] <= min(scores[k] for k in kept_here) for r in removed_here)
 
 
@@ -379,22 +380,22 @@ def test_synthetic_degenerate_kept_channels(degenerate):
     inp = make_input(module, x, REMOVED, alpha=1e-2)
     with warnings.catch_warnings():
         warnings.simplefilter("error", IllConditionedWarning)
-        weight, bias = get_reconstruction("liar").fn(inp)
+        weight, bias = RECONSTRUCTIONS.get("liar").fn(inp)
     assert torch.isfinite(weight).all() and torch.isfinite(bias).all()
-    assert moment_error(inp, (weight, bias)) <= moment_error(inp, get_reconstruction("bias").fn(inp))
+    assert moment_error(inp, (weight, bias)) <= moment_error(inp, RECONSTRUCTIONS.get("bias").fn(inp))
     # no ridge at all: Σ_uu is singular. A dead (zero-variance) channel puts an exact 0 on the diagonal,
     # so Cholesky fails; for duplicated channels the last pivot is 0 up to rounding, which LAPACK may
     # accept but the pivot-spread check rejects. Either way the retry rule must fire.
     inp0 = make_input(module, x, REMOVED, alpha=0.0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        weight0, bias0 = get_reconstruction("liar").fn(inp0)
+        weight0, bias0 = RECONSTRUCTIONS.get("liar").fn(inp0)
     messages = [str(w.message) for w in caught if issubclass(w.category, IllConditionedWarning)]
     assert all("block 5 ffn" in m for m in messages), messages
     assert messages, "a zero (dead) or vanishing (duplicated) pivot must trigger the ridge retry"
     assert torch.isfinite(weight0).all() and torch.isfinite(bias0).all()
     if messages:  # solved with the retried ridge: as good as the theory says
-        errors = {name: moment_error(inp0, get_reconstruction(name).fn(inp0)) for name in ("bias", "none")}
+        errors = {name: moment_error(inp0, RECONSTRUCTIONS.get(name).fn(inp0)) for name in ("bias", "none")}
         assert moment_error(inp0, (weight0, bias0)) <= errors["bias"] * (1 + 1e-6) <= errors["none"] * (1 + 1e-6)
 
 
@@ -406,9 +407,9 @@ def test_synthetic_fewer_rows_than_channels():
     inp = make_input(module, x, [2, 9, 11], alpha=1e-2)
     with warnings.catch_warnings():
         warnings.simplefilter("error", IllConditionedWarning)
-        weight, bias = get_reconstruction("liar").fn(inp)
+        weight, bias = RECONSTRUCTIONS.get("liar").fn(inp)
     assert torch.isfinite(weight).all() and torch.isfinite(bias).all()
-    err = {name: moment_error(inp, get_reconstruction(name).fn(inp)) for name in ("none", "bias")}
+    err = {name: moment_error(inp, RECONSTRUCTIONS.get(name).fn(inp)) for name in ("none", "bias")}
     assert moment_error(inp, (weight, bias)) <= err["bias"] <= err["none"] * (1 + 1e-9)
 
 
@@ -432,10 +433,10 @@ def _llama_with_duplicated_neurons():
 
 def _assert_finite_model(model, report, ids, ordered: bool = True):
     assert torch.isfinite(model_output(model, ids)).all()
-    for layer in report["layers"]:
-        assert layer["error"] == layer["error"] and abs(layer["error"]) < float("inf")
+    for layer in report.layers:
+        assert layer.error == layer.error and abs(layer.error) < float("inf")
         if ordered:
-            assert layer["error"] <= layer["error_none"] * (1 + 1e-6) + 1e-9
+            assert layer.error <= layer.error_none * (1 + 1e-6) + 1e-9
     for p in model.parameters():
         assert torch.isfinite(p).all()
 

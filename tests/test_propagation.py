@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reprune import pipeline
+from reprune import calibration, pipeline
+from reprune.config import Plan
 from reprune.adapters import get_adapter
-from reprune.pipeline import PruneConfig, prune
+from reprune import PruneConfig, prune
 from tiny_models import FAMILIES, calibration_batch, model_output, tiny_model
 
 
@@ -31,13 +32,13 @@ def test_residual_tail_propagation_matches_running_the_block(
                          reconstruction=reconstruction, recovery=recovery, targets=targets, batch_size=8)
     calls: list[int] = []
     attention_runs: list[int] = []
-    run_block = pipeline.run_block
+    run_block = calibration.run_block
 
-    def counted(block: torch.nn.Module, acts: pipeline.Activations) -> pipeline.Activations:
+    def counted(block: torch.nn.Module, acts: calibration.Activations) -> calibration.Activations:
         calls.append(1)
         return run_block(block, acts)
 
-    monkeypatch.setattr(pipeline, "run_block", counted)
+    monkeypatch.setattr(calibration, "run_block", counted)
     model = tiny_model(family)
     _count_attention_runs(model, attention_runs)
     fast, fast_report = prune(model, ids, config, progress=False)
@@ -63,9 +64,9 @@ def test_residual_tail_propagation_matches_running_the_block(
     if reconstruction == "liar" and targets == "both":  # attention runs once per batch, not three times
         assert len(attention_runs) == 3 * blocks * batches
         assert fast_attention == (1 if supported else 3) * blocks * batches
-    for a, b in zip(fast_report["layers"], slow_report["layers"]):
-        assert a["kept_units"] == b["kept_units"]
-        assert a["error"] == pytest.approx(b["error"], rel=1e-4, abs=1e-7)
+    for a, b in zip(fast_report.layers, slow_report.layers):
+        assert a.kept_units == b.kept_units
+        assert a.error == pytest.approx(b.error, rel=1e-4, abs=1e-7)
     torch.testing.assert_close(model_output(fast, ids), model_output(slow, ids), rtol=1e-4, atol=1e-5)
 
 
@@ -77,19 +78,19 @@ def test_data_free_methods_run_no_block_and_equal_the_calibrated_run(
     ids = calibration_batch(16, 16)
     config = PruneConfig(ratio=0.3, criterion=criterion, reconstruction="none", allocation=allocation, batch_size=8)
     calls: list[str] = []
-    capture, run_block = pipeline.capture_block_inputs, pipeline.run_block
+    capture, run_block = pipeline.capture_block_inputs, calibration.run_block
     monkeypatch.setattr(pipeline, "capture_block_inputs", lambda *a, **k: calls.append("capture") or capture(*a, **k))
-    monkeypatch.setattr(pipeline, "run_block", lambda *a: calls.append("block") or run_block(*a))
+    monkeypatch.setattr(calibration, "run_block", lambda *a: calls.append("block") or run_block(*a))
     free, free_report = prune(tiny_model(family), ids, config, progress=False)
     assert calls == [], "a method that reads no statistics must not run the calibration data"
-    assert not free_report["calibration"]["used"]
-    assert all(layer["error"] is None and layer["error_none"] is None for layer in free_report["layers"])
+    assert not free_report.calibration.used
+    assert all(layer.error is None and layer.error_none is None for layer in free_report.layers)
 
-    monkeypatch.setattr(pipeline, "_data_free", lambda config: False)  # reference: calibrate anyway
+    monkeypatch.setattr(Plan, "data_free", property(lambda plan: False))  # reference: calibrate anyway
     calibrated, calibrated_report = prune(tiny_model(family), ids, config, progress=False)
-    assert "capture" in calls and calibrated_report["calibration"]["used"]
-    assert all(layer["error"] is not None for layer in calibrated_report["layers"])
-    assert [r["kept_units"] for r in free_report["layers"]] == [r["kept_units"] for r in calibrated_report["layers"]]
+    assert "capture" in calls and calibrated_report.calibration.used
+    assert all(layer.error is not None for layer in calibrated_report.layers)
+    assert [r.kept_units for r in free_report.layers] == [r.kept_units for r in calibrated_report.layers]
     torch.testing.assert_close(model_output(free, ids), model_output(calibrated, ids))
 
 
@@ -97,5 +98,5 @@ def test_data_free_methods_run_no_block_and_equal_the_calibrated_run(
 def test_methods_reading_statistics_are_calibrated(criterion: str, reconstruction: str) -> None:
     config = PruneConfig(ratio=0.3, criterion=criterion, reconstruction=reconstruction, batch_size=8)
     _, report = prune(tiny_model("llama"), calibration_batch(16, 16), config, progress=False)
-    assert report["calibration"]["used"]
-    assert all(layer["error"] is not None for layer in report["layers"])
+    assert report.calibration.used
+    assert all(layer.error is not None for layer in report.layers)

@@ -15,7 +15,8 @@ from torch import nn
 
 from reprune.checkpoint import save_pruned
 from reprune.evaluation import directory_size, measure_speed
-from reprune.pipeline import PruneConfig, prune
+from reprune import PruneConfig, prune
+from reprune.record import RunRecord
 from reprune.report import write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -53,7 +54,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         config = PruneConfig(ratio=ratio, criterion="flap", reconstruction="liar", num_samples=8, seq_len=16,
                              device="cpu")
         model, report = prune(tiny_model("llama"), calibration_batch(8, 16), config, progress=False)
-        report["input_model"] = "tiny-llama"
+        report.input_model = "tiny-llama"
         folder = save_pruned(model, None, root / name, report)
         (folder / "reprune_eval.json").write_text(json.dumps(evaluate(model, folder, with_speed=ratio == 0.3)))
     return root
@@ -74,21 +75,21 @@ def test_report_of_several_checkpoints(run_dir: Path) -> None:
     dense = _load(run_dir, "dense_eval.json")
     assert "| dense |" in markdown and f"{dense['ppl@16']['ppl']:.2f}" in markdown
     for name in RUNS:
-        report, evaluation = _load(run_dir / name, "reprune_report.json"), _load(run_dir / name, "reprune_eval.json")
-        parameters = report["parameters"]
-        assert (f"Removed {parameters['ratio_prunable']:.1%} of attention+FFN parameters "
-                f"({parameters['ratio_total']:.1%} of all") in markdown
+        report, evaluation = RunRecord.read(run_dir / name), _load(run_dir / name, "reprune_eval.json")
+        parameters = report.parameters
+        assert (f"Removed {parameters.ratio_prunable:.1%} of attention+FFN parameters "
+                f"({parameters.ratio_total:.1%} of all") in markdown
         assert "flap / liar / uniform" in markdown
         for seq_len in (16, 32):
             assert (f"perplexity {dense[f'ppl@{seq_len}']['ppl']:.2f} → {evaluation[f'ppl@{seq_len}']['ppl']:.2f} "
                     f"at length {seq_len}") in markdown.lower()
         assert f"{evaluation['tasks']['next-token']['acc']:.1%}" in markdown
-        for layer in report["layers"]:
-            assert f"{layer['units_after']}/{layer['units_before']}" in markdown
-            assert f"{layer['error_none']:.3g} → {layer['error']:.3g}" in markdown
-        for block in {layer["block"] for layer in report["layers"]}:  # per-layer cost: statistics / solve
-            mine = [layer for layer in report["layers"] if layer["block"] == block]
-            stats, solve = sum(x["seconds_stats"] for x in mine), sum(x["seconds_solve"] for x in mine)
+        for layer in report.layers:
+            assert f"{layer.units_after}/{layer.units_before}" in markdown
+            assert f"{layer.error_none:.3g} → {layer.error:.3g}" in markdown
+        for block in {layer.block for layer in report.layers}:  # per-layer cost: statistics / solve
+            mine = [layer for layer in report.layers if layer.block == block]
+            stats, solve = sum(x.seconds_stats for x in mine), sum(x.seconds_solve for x in mine)
             assert f"{stats:.2f} / {solve:.3f} |" in markdown
     speedup = _load(run_dir / "tiny-30-liar", "reprune_eval.json")["speed"]["prefill_tokens_per_s"] / dense["speed"][
         "prefill_tokens_per_s"]

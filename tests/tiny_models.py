@@ -75,3 +75,12 @@ def model_output(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         out = model(input_ids=ids, attention_mask=torch.ones_like(ids))
     return out.logits if hasattr(out, "logits") and out.logits is not None else out.last_hidden_state
+
+
+def entered_path(adapter, acts, index: int):
+    """A calibration path standing at block ``index`` with block inputs ``acts`` (single-path statistics)."""
+    from reprune.calibration import CalibrationPath
+
+    path = CalibrationPath(adapter, acts)
+    path.enter(adapter.blocks()[index], index)
+    return path

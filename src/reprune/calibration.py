@@ -17,8 +17,8 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from reprune.adapters import Depth2Module, ModelAdapter, block_output
-from reprune.stats import CrossMoments, Moments, ModuleStats, head_divergence_sum
+from reprune.adapters import Depth2Module, ModelAdapter, ModuleKind, block_output
+from reprune.stats import TWO_PATH_STATISTICS, CrossMoments, Moments, ModuleStats, head_divergence_sum
 
 
 class _StopForward(Exception):
@@ -253,32 +253,74 @@ def _capture(block: nn.Module | AfterAttention, module: Depth2Module, hidden: to
     return found
 
 
-def collect_module_stats(
-    block: nn.Module | AfterAttention,
-    module: Depth2Module,
-    pruned: Activations,
-    needs: frozenset[str],
-    dense_block: nn.Module | AfterAttention | None = None,
-    dense_module: Depth2Module | None = None,
-    dense: Activations | None = None,
-    tail: ResidualTail | None = None,
-    dense_tail: ResidualTail | None = None,
-) -> ModuleStats:
+class CalibrationPath:
+    """One path of calibration activations (the pruned model's, or the dense model's) through the model,
+    one block at a time: the activations entering the current stage, what runs that stage, and the
+    residual tail of the module being pruned.
+
+    A stage is the whole block until a pre-norm attention is pruned; then the rest of the block
+    (:class:`AfterAttention`) runs on the post-attention stream rebuilt from that attention's tail. A
+    pruned pre-norm FFN's tail gives the block's output directly. Either way no branch runs twice.
+    """
+
+    def __init__(self, adapter: ModelAdapter, acts: Activations) -> None:
+        self.adapter, self.acts = adapter, acts
+        self.block: nn.Module | None = None
+        self.index = -1
+        self.runner: nn.Module | AfterAttention | None = None
+        self.tail: ResidualTail | None = None
+        self.output: Activations | None = None
+
+    def enter(self, block: nn.Module, index: int) -> None:
+        """Start block ``index``; ``block`` is this path's copy of it (on the compute device)."""
+        self.block, self.index, self.runner, self.output = block, index, block, None
+
+    def module(self, kind: ModuleKind) -> Depth2Module:
+        """This path's ``kind`` module of the current block, read afresh (surgery replaces projections)."""
+        return self.adapter.modules_of(self.block, self.index)[0 if kind == "attention" else 1]
+
+    def open_tail(self, kind: ModuleKind) -> None:
+        """Before the ``kind`` module's statistics: keep its residual stream if the block allows a shortcut."""
+        residual_of = self.adapter.attention_residual if kind == "attention" else self.adapter.ffn_residual
+        residual = residual_of(self.block)
+        self.tail = None if residual is None else ResidualTail(residual)
+
+    def close_tail(self, kind: ModuleKind, kept: torch.Tensor | None) -> None:
+        """After the ``kind`` module was pruned (``kept``: its kept level-2 input channels, None: unchanged),
+        move the path past the branch from the tail a statistics pass filled; otherwise leave it be."""
+        tail, self.tail = self.tail, None
+        if tail is None or not tail.level2_in:
+            return
+        after = tail.outputs(self.module(kind).level2.module, kept, self.acts)
+        if kind == "attention":
+            self.runner, self.acts = AfterAttention(self.adapter, self.block), after
+        else:  # the FFN is the block's last step
+            self.output = after
+
+    def leave(self) -> None:
+        """Finish the block: its outputs become the next block's inputs."""
+        self.acts = self.output if self.output is not None else run_block(self.runner, self.acts)
+        self.block = self.runner = self.tail = self.output = None
+
+
+def collect_module_stats(module: Depth2Module, needs: frozenset[str], pruned: CalibrationPath,
+                         dense: CalibrationPath | None = None) -> ModuleStats:
     """Accumulate the statistics ``needs`` asks for over all calibration batches.
 
-    Names in ``needs``: ``level1_in``, ``level2_cross``, ``level1_cross`` (the last two need the dense
-    path) and ``head_divergence`` (pruned path; the block runs with eager attention meanwhile, and its
-    inputs must carry explicit masks: ``capture_block_inputs(..., attn_implementation="eager")``).
-    ``tail``, if given, is emptied and then keeps this pass's residual stream and level-2 inputs;
-    ``dense_tail`` the same for the dense block, when this pass runs it (two-path statistics).
+    Names in ``needs`` are those of :data:`reprune.stats.STATISTICS`; the two-path ones also run the
+    ``dense`` path's copy of the module, and ``head_divergence`` runs the block with eager attention (its
+    inputs must carry explicit masks: ``capture_block_inputs(..., attn_implementation="eager")``). Each
+    path's open tail, if any, is emptied and then keeps this pass's residual stream and level-2 inputs
+    (the dense one only when this pass runs the dense path).
     """
-    two_path = bool({"level2_cross", "level1_cross"} & needs)
-    dense_tail = dense_tail if two_path else None
-    for kept in (tail, dense_tail):
-        if kept is not None:
-            kept.reset()
-    if two_path and (dense_block is None or dense is None or dense_module is None):
+    two_path = bool(TWO_PATH_STATISTICS & needs)
+    if two_path and dense is None:
         raise RuntimeError(f"{module.name}: a two-path statistic was requested without the dense path")
+    paths = [pruned, dense] if two_path else [pruned]
+    modules = [module, dense.module(module.kind)] if two_path else [module]
+    for path in paths:
+        if path.tail is not None:
+            path.tail.reset()
     stats = ModuleStats()
     want_level1 = bool({"level1_in", "level1_cross"} & needs)
     if want_level1:
@@ -289,32 +331,29 @@ def collect_module_stats(
         stats.level1_cross = CrossMoments(pruned=stats.level1_in)
     want_attention = "head_divergence" in needs
     if want_attention:
-        _check_explicit_masks(module, pruned)
+        _check_explicit_masks(module, pruned.acts)
     divergence = _DivergenceMean()
-    for i, (hidden, kwargs) in enumerate(zip(pruned.hidden, pruned.kwargs)):
-        with attention_implementation(module.parent.config, "eager") if want_attention else nullcontext():
-            got = _capture(block, module, hidden, kwargs, want_level1, want_attention,
-                           tail.residual_module if tail is not None else None)
-        if tail is not None:
-            tail.residual.append(got["residual"])
-            tail.level2_in.append(got["level2_in"])
+    for batch in range(len(pruned.acts.hidden)):
+        got = []
+        for path, path_module in zip(paths, modules):
+            attention = want_attention and path is pruned
+            with attention_implementation(module.parent.config, "eager") if attention else nullcontext():
+                found = _capture(path.runner, path_module, path.acts.hidden[batch], path.acts.kwargs[batch],
+                                 want_level1, attention, path.tail.residual_module if path.tail else None)
+            if path.tail is not None:
+                path.tail.residual.append(found["residual"])
+                path.tail.level2_in.append(found["level2_in"])
+            got.append(found)
         if want_attention:
-            divergence.add(got.pop("attention_probs"))
-        dense_got = None
-        if two_path:
-            dense_got = _capture(dense_block, dense_module, dense.hidden[i], dense.kwargs[i], want_level1,
-                                 residual_module=dense_tail.residual_module if dense_tail is not None else None)
-            if dense_tail is not None:
-                dense_tail.residual.append(dense_got["residual"])
-                dense_tail.level2_in.append(dense_got["level2_in"])
+            divergence.add(got[0].pop("attention_probs"))
         if stats.level2_cross is not None:
-            stats.level2_cross.update(got["level2_in"], dense_got["level2_in"])
+            stats.level2_cross.update(got[0]["level2_in"], got[1]["level2_in"])
         else:
-            stats.level2_in.update(got["level2_in"])
+            stats.level2_in.update(got[0]["level2_in"])
         if stats.level1_cross is not None:
-            stats.level1_cross.update(got["level1_in"], dense_got["level1_in"])
+            stats.level1_cross.update(got[0]["level1_in"], got[1]["level1_in"])
         elif stats.level1_in is not None:
-            stats.level1_in.update(got["level1_in"])
+            stats.level1_in.update(got[0]["level1_in"])
     if want_attention:
         stats.head_divergence = divergence.mean()
     return stats

@@ -1,4 +1,4 @@
-"""Checkpoint I/O: a ``save_pretrained`` folder (safetensors, tokenizer, config, report).
+"""Checkpoint I/O: a ``save_pretrained`` folder (safetensors, tokenizer, config, run record).
 
 A uniformly pruned model whose sizes the config can state loads with plain transformers. Otherwise
 the config carries a ``reprune_manifest`` of the changed projection shapes, and a small modelling file
@@ -9,7 +9,7 @@ Output is written to a temporary folder and moved into place only when complete.
 from __future__ import annotations
 
 import copy
-import json
+import dataclasses
 import shutil
 import tempfile
 from pathlib import Path
@@ -18,22 +18,23 @@ from typing import Any
 import torch
 import transformers
 from torch import nn
+from transformers.models.auto import modeling_auto
 from transformers.pytorch_utils import Conv1D
 
 from reprune.adapters import ModelAdapter, get_adapter
-from reprune.pipeline import layer_shapes
+from reprune.record import REMOTE_FILE, RunRecord
 from reprune.remote_code import modeling_reprune
 
-REMOTE_FILE = "modeling_reprune.py"
-REPORT_FILE = "reprune_report.json"
-
-AUTO_CLASSES = (
-    ("ForCausalLM", "AutoModelForCausalLM"),
-    ("LMHeadModel", "AutoModelForCausalLM"),
-    ("ForMaskedLM", "AutoModelForMaskedLM"),
-    ("ForSequenceClassification", "AutoModelForSequenceClassification"),
-    ("Model", "AutoModel"),
+# auto classes a checkpoint's ``auto_map`` may name, with transformers' table of their model classes
+AUTO_MAPPINGS = (
+    ("AutoModelForCausalLM", modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES),
+    ("AutoModelForMaskedLM", modeling_auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES),
+    ("AutoModelForSequenceClassification", modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES),
+    ("AutoModel", modeling_auto.MODEL_MAPPING_NAMES),
 )
+# the config fields a checkpoint's ``config.reprune`` summary repeats from the record
+SUMMARY_FIELDS = ("ratio", "criterion", "attention_criterion", "ffn_criterion", "reconstruction", "recovery",
+                  "allocation", "targets", "gqa_mode")
 
 
 class OutputExistsError(FileExistsError):
@@ -73,19 +74,20 @@ def manifest_against(model: nn.Module, config: transformers.PretrainedConfig, ad
         return {}
     paths = {id(m): name for name, m in model.named_modules()}
     attributes = {}
-    for index, shape in enumerate(layer_shapes(adapter)):
+    for index, shape in enumerate(adapter.layer_shapes()):
         attention = adapter.depth2_modules(index)[0]
         attributes[paths[id(attention.parent)]] = adapter.attention_attributes(
-            shape["num_heads"], shape["num_kv_heads"], shape["head_dim"])
+            shape.num_heads, shape.num_kv_heads, shape.head_dim)
     return {"version": 1, "modules": modules, "attributes": attributes}
 
 
 def _auto_map(model: nn.Module) -> dict[str, str]:
-    names = [type(model).__name__, type(model.base_model).__name__]
+    """The auto classes under which transformers lists the model's class and its base model's class."""
     mapping = {}
-    for name in names:
-        for suffix, auto in AUTO_CLASSES:
-            if name.endswith(suffix) and auto not in mapping:
+    for name in (type(model).__name__, type(model.base_model).__name__):
+        for auto, classes in AUTO_MAPPINGS:
+            listed = classes.get(model.config.model_type, ())
+            if name in ((listed,) if isinstance(listed, str) else listed) and auto not in mapping:
                 mapping[auto] = f"modeling_reprune.Reprune{name}"
                 break
     return mapping
@@ -99,7 +101,7 @@ def finalise_config(model: nn.Module, pruning_summary: dict[str, Any]) -> bool:
         if hasattr(original, key):
             delattr(original, key)
     plain = copy.deepcopy(original)
-    updates = adapter.plain_config_updates(layer_shapes(adapter))
+    updates = adapter.plain_config_updates(adapter.layer_shapes())
     if updates is not None:
         for key, value in {**updates, **adapter.bias_config_updates()}.items():
             setattr(plain, key, value)
@@ -112,23 +114,21 @@ def finalise_config(model: nn.Module, pruning_summary: dict[str, Any]) -> bool:
     else:
         config, is_plain = original, False
         config.reprune_manifest = manifest_against(model, original, adapter)
-        if type(model).__name__ not in modeling_reprune.SUPPORTED:
-            raise ValueError(f"{type(model).__name__} cannot be saved with per-layer sizes yet")
+        if not hasattr(transformers, type(model).__name__):
+            raise ValueError(f"{type(model).__name__} is not a transformers class, so its per-layer sizes cannot "
+                             "be saved for the loader; prune the model as loaded from its Hugging Face folder")
         config.auto_map = _auto_map(model)
     config.reprune = pruning_summary
     model.config = config
     return is_plain
 
 
-def save_pruned(model: nn.Module, tokenizer: Any, out_dir: str | Path, report: dict[str, Any] | None = None,
+def save_pruned(model: nn.Module, tokenizer: Any, out_dir: str | Path, record: RunRecord | None = None,
                 overwrite: bool = False) -> Path:
     """Write the pruned model atomically: a temporary sibling folder is renamed into place when complete."""
     out = check_output_dir(out_dir, overwrite).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
-    summary = {} if report is None else {
-        key: report["config"][key] for key in ("ratio", "criterion", "attention_criterion", "ffn_criterion",
-                                               "reconstruction", "recovery", "allocation", "targets", "gqa_mode")
-    }
+    summary = {} if record is None else {key: getattr(record.config, key) for key in SUMMARY_FIELDS}
     is_plain = finalise_config(model, summary)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
@@ -137,8 +137,8 @@ def save_pruned(model: nn.Module, tokenizer: Any, out_dir: str | Path, report: d
             tokenizer.save_pretrained(staging)
         if not is_plain:
             shutil.copyfile(Path(modeling_reprune.__file__), staging / REMOTE_FILE)
-        if report is not None:
-            (staging / REPORT_FILE).write_text(json.dumps({**report, "plain_transformers": is_plain}, indent=2))
+        if record is not None:
+            dataclasses.replace(record, plain_transformers=is_plain).write(staging)
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)

@@ -12,42 +12,12 @@ from typing import Any
 import torch
 
 from reprune.adapters import UnsupportedArchitectureError
+from reprune.config import PruneConfig
 from reprune.criteria import CRITERIA
 from reprune.data import CorpusError
 from reprune.reconstruction import RECONSTRUCTIONS
-
-BUNDLED_MODELS = ("smollm2", "minilm")
-
-
-def resolve_model_dir(name: str) -> Path:
-    """A folder, or a bundled model name: ``smollm2`` (SmolLM2-135M) or ``minilm`` (all-MiniLM-L6-v2)."""
-    from reprune.models import minilm_path, smollm2_path
-
-    if name == "smollm2":
-        return smollm2_path()
-    if name == "minilm":
-        return minilm_path()
-    path = Path(name)
-    if not path.is_dir():
-        raise FileNotFoundError(
-            f"Model folder not found: {name}. Pass a local Hugging Face folder (config.json + weights) "
-            f"or one of the bundled models: {', '.join(BUNDLED_MODELS)}"
-        )
-    return path
-
-
-def load_model(name: str, dtype: str = "auto", device: str | None = None) -> tuple[Any, Any, Path]:
-    """Model, tokenizer and folder for ``name`` (any reprune or Hugging Face checkpoint)."""
-    from transformers import AutoTokenizer
-
-    from reprune.checkpoint import load
-
-    folder = resolve_model_dir(name)
-    torch_dtype: Any = dtype if dtype == "auto" else getattr(torch, dtype)
-    model = load(folder, dtype=torch_dtype, device=device)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    return model, tokenizer, folder
-
+from reprune.record import EVAL_FILE, RECORD_FILE
+from reprune.recovery import RECOVERIES
 
 def _add_prune_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model folder, or 'smollm2' / 'minilm' (bundled)")
@@ -55,11 +25,11 @@ def _add_prune_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.add_argument("--method", choices=["goa", "liar"], help="a paper's full configuration (overridable)")
     parser.add_argument("--ratio", type=float, default=0.3, help="fraction of prunable parameters to remove")
-    parser.add_argument("--criterion", choices=sorted(CRITERIA), help="unit scores (default flap)")
-    parser.add_argument("--attention-criterion", choices=sorted(CRITERIA))
-    parser.add_argument("--ffn-criterion", choices=sorted(CRITERIA))
-    parser.add_argument("--reconstruct", choices=sorted(RECONSTRUCTIONS), help="level-2 repair (default bias)")
-    parser.add_argument("--recovery", choices=["none", "goa"], help="GOA's greedy pre-pruning recovery")
+    parser.add_argument("--criterion", choices=CRITERIA.names(), help="unit scores (default flap)")
+    parser.add_argument("--attention-criterion", choices=CRITERIA.names())
+    parser.add_argument("--ffn-criterion", choices=CRITERIA.names())
+    parser.add_argument("--reconstruct", choices=RECONSTRUCTIONS.names(), help="level-2 repair (default bias)")
+    parser.add_argument("--recovery", choices=RECOVERIES.names(), help="re-fit before pruning (goa: GOA's greedy recovery)")
     parser.add_argument("--allocation", choices=["uniform", "global"])
     parser.add_argument("--targets", choices=["both", "attention", "ffn"])
     parser.add_argument("--gqa-mode", choices=["query", "group"])
@@ -80,10 +50,8 @@ def _add_prune_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto (the checkpoint's)")
 
 
-def build_config(args: argparse.Namespace):
+def build_config(args: argparse.Namespace) -> PruneConfig:
     """PruneConfig from a preset (if any) and the explicitly given options."""
-    from reprune.pipeline import PruneConfig
-
     overrides = {
         "ratio": args.ratio, "criterion": args.criterion, "attention_criterion": args.attention_criterion,
         "ffn_criterion": args.ffn_criterion, "reconstruction": args.reconstruct, "recovery": args.recovery,
@@ -103,43 +71,21 @@ def build_config(args: argparse.Namespace):
     return PruneConfig(**overrides)
 
 
-def calibration_for(args: argparse.Namespace, config, model, tokenizer) -> torch.Tensor:
-    from reprune.data import calibration_ids
-
-    if args.calib == "self-generated":
-        from reprune.selfgen import self_generated_ids
-
-        return self_generated_ids(model, tokenizer, config.num_samples, config.seq_len, config.seed,
-                                  device=config.device)
-    source = args.calib
-    if args.text_field != "text":
-        from reprune.data import load_corpus
-
-        source = load_corpus(args.calib, text_field=args.text_field)
-    return calibration_ids(tokenizer, source, config.num_samples, config.seq_len, config.seed)
-
-
 def cmd_prune(args: argparse.Namespace) -> int:
-    from reprune.checkpoint import check_output_dir, save_pruned
-    from reprune.pipeline import prune
+    from reprune.workflow import prune_folder
 
-    check_output_dir(args.out, args.overwrite)  # fail before any work
-    config = build_config(args)
-    model, tokenizer, folder = load_model(args.model, args.dtype)
-    ids = calibration_for(args, config, model, tokenizer)
-    model, report = prune(model, ids, config)
-    report["input_model"] = str(folder)
-    report["calibration"]["source"] = args.calib
-    out = save_pruned(model, tokenizer, args.out, report, overwrite=args.overwrite)
-    p = report["parameters"]
-    print(f"pruned {p['ratio_prunable']:.1%} of prunable parameters ({p['ratio_total']:.1%} of all: "
-          f"{p['total_before']:,} → {p['total_after']:,}) in {report['timings']['total_seconds']:.1f} s")
+    out, record = prune_folder(args.model, args.out, build_config(args), args.calib, text_field=args.text_field,
+                               dtype=args.dtype, overwrite=args.overwrite)
+    p = record.parameters
+    print(f"pruned {p.ratio_prunable:.1%} of prunable parameters ({p.ratio_total:.1%} of all: "
+          f"{p.total_before:,} → {p.total_after:,}) in {record.timings.total_seconds:.1f} s")
     print(f"saved to {out}")
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from reprune import evaluation
+    from reprune.models import load_model
 
     model, tokenizer, folder = load_model(args.model, args.dtype, args.device)
     results: dict[str, Any] = {"model": str(folder), "parameters": sum(p.numel() for p in model.parameters()),
@@ -165,8 +111,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                                     prompt_len=args.speed_len, device=args.device)
         print("speed: " + ", ".join(f"{k}={v:.4g}" for k, v in results["speed"].items() if isinstance(v, (int, float))))
     target = Path(args.json) if args.json else None
-    if target is None and (folder / "reprune_report.json").exists():
-        target = folder / "reprune_eval.json"  # beside the checkpoint, where `reprune report` looks
+    if target is None and (folder / RECORD_FILE).exists():
+        target = folder / EVAL_FILE  # beside the checkpoint, where `reprune report` looks
     if target is not None:
         target.write_text(json.dumps(results, indent=2, default=str))
         print(f"results written to {target}")
@@ -218,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo_p = sub.add_parser("demo", help="prune the bundled SmolLM2-135M and print before/after quality")
     demo_p.add_argument("--ratio", type=float, default=0.3)
-    demo_p.add_argument("--reconstruct", default="bias", choices=sorted(RECONSTRUCTIONS))
+    demo_p.add_argument("--reconstruct", default="bias", choices=RECONSTRUCTIONS.names())
     demo_p.add_argument("--out", default="runs/demo-smollm2")
     demo_p.add_argument("--device")
     demo_p.set_defaults(func=cmd_demo)

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 import torch
+from torch import nn
 
 EMBEDDED_WIKI = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 
@@ -129,3 +130,30 @@ def calibration_ids(
         samples[:, 0] = tokenizer.cls_token_id  # encoders expect [CLS] ... [SEP]
         samples[:, -1] = tokenizer.sep_token_id
     return samples
+
+
+SELF_GENERATED = "self-generated"
+Calibration = str | Path | list[str] | torch.Tensor
+
+
+def calibration_source(calibration: Calibration) -> str | None:
+    """How a record names the calibration data (None for ready token ids)."""
+    if isinstance(calibration, torch.Tensor):
+        return None
+    return "list of texts" if isinstance(calibration, list) else str(calibration)
+
+
+def resolve_calibration(calibration: Calibration, tokenizer, model: nn.Module, num_samples: int, seq_len: int,
+                        seed: int, text_field: str = "text", device: str | None = None) -> torch.Tensor:
+    """Token ids (N, L) from any calibration source: ready ids, ``'self-generated'`` (sampled from
+    ``model``, GOA's data-free setting), a corpus name or file (``text_field`` for JSON rows), or texts."""
+    if isinstance(calibration, torch.Tensor):
+        return calibration
+    if tokenizer is None:
+        raise ValueError("a tokenizer is needed to turn the calibration corpus into samples: pass tokenizer=")
+    if calibration == SELF_GENERATED:
+        from reprune.selfgen import self_generated_ids
+
+        return self_generated_ids(model, tokenizer, num_samples, seq_len, seed, device=device)
+    docs = calibration if isinstance(calibration, list) else load_corpus(calibration, text_field=text_field)
+    return calibration_ids(tokenizer, docs, num_samples, seq_len, seed)

@@ -16,7 +16,8 @@ from reprune.checkpoint import load, save_pruned
 from reprune.data import calibration_ids, load_corpus
 from reprune.evaluation import directory_size, measure_speed, perplexity, read_text_file
 from reprune.models import shared_data_dir, smollm2_path
-from reprune.pipeline import PruneConfig, prune
+from reprune.config import PruneConfig
+from reprune.pipeline import prune
 
 HELD_OUT_ARTICLES = 16
 EVAL_WINDOWS = 32
@@ -53,14 +54,14 @@ def run_demo(ratio: float = 0.3, reconstruction: str = "bias", out: str | Path =
 
     dense = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     before = _measure(dense, tokenizer, text, folder, device)
-    model, report = prune(dense, ids, config)
-    saved = save_pruned(model, tokenizer, out, report, overwrite=True)
+    model, record = prune(dense, ids, config)
+    saved = save_pruned(model, tokenizer, out, record, overwrite=True)
     pruned = load(saved)
     after = _measure(pruned, tokenizer, text, saved, device)
 
-    print(f"\nPruned {report['parameters']['ratio_prunable']:.1%} of attention+FFN parameters "
+    print(f"\nPruned {record.parameters.ratio_prunable:.1%} of attention+FFN parameters "
           f"(flap criterion, {reconstruction} reconstruction, {config.num_samples}×{config.seq_len} calibration tokens of embedded Wikipedia) "
-          f"in {report['timings']['total_seconds']:.1f} s; saved to {saved}")
+          f"in {record.timings.total_seconds:.1f} s; saved to {saved}")
     print(f"Perplexity on {text_name}, first {EVAL_WINDOWS} windows of {EVAL_SEQ_LEN} tokens.\n")
     rows = [("perplexity", "ppl", "{:.2f}"), ("parameters", "params", "{:,}"), ("size on disk (MiB)", "mb", "{:.1f}"),
             ("prefill tokens/s", "prefill", "{:.0f}"), ("decode tokens/s", "decode", "{:.1f}")]

@@ -12,6 +12,9 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
+
+BUNDLED_MODELS = ("smollm2", "minilm")
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -78,3 +81,32 @@ def shared_data_dir() -> Path:
         if (parent / ".git").exists() and candidate.exists():
             return candidate
     return Path.cwd().parent / "shared" / "data"
+
+
+def resolve_model_dir(name: str | Path) -> Path:
+    """A folder, or a bundled model name: ``smollm2`` (SmolLM2-135M) or ``minilm`` (all-MiniLM-L6-v2)."""
+    if name == "smollm2":
+        return smollm2_path()
+    if name == "minilm":
+        return minilm_path()
+    path = Path(name)
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"Model folder not found: {name}. Pass a local Hugging Face folder (config.json + weights) "
+            f"or one of the bundled models: {', '.join(BUNDLED_MODELS)}"
+        )
+    return path
+
+
+def load_model(name: str | Path, dtype: str = "auto", device: str | None = None) -> tuple[Any, Any, Path]:
+    """Model, tokenizer and folder for ``name`` (any reprune or Hugging Face checkpoint, or a bundled name)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from reprune.checkpoint import load
+
+    folder = resolve_model_dir(name)
+    torch_dtype: Any = dtype if dtype == "auto" else getattr(torch, dtype)
+    model = load(folder, dtype=torch_dtype, device=device)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    return model, tokenizer, folder

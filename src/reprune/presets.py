@@ -31,7 +31,7 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any
 
-from reprune.pipeline import PruneConfig
+from reprune.config import PruneConfig
 
 PRESETS: dict[str, dict[str, Any]] = {
     "goa": {  # GOA, arXiv 2407.19126: see the module docstring for each field's source

@@ -22,7 +22,7 @@ import json
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +30,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullFormatter, PercentFormatter
 
-REPORT_FILE = "reprune_report.json"
-EVAL_FILE = "reprune_eval.json"
-DENSE_EVAL_FILE = "dense_eval.json"
+from reprune.config import PruneConfig
+from reprune.record import DENSE_EVAL_FILE, EVAL_FILE, RECORD_FILE, ParameterCounts, RunRecord
+
 ASSETS_DIR = "report_assets"
 OUTPUT_NAMES = frozenset({EVAL_FILE, DENSE_EVAL_FILE, "report.md", "report.html", ASSETS_DIR})
 DASH = "—"
@@ -40,20 +40,20 @@ DASH = "—"
 
 @dataclass
 class Run:
-    """One pruned checkpoint: its folder, pruning report and (optional) evaluation."""
+    """One pruned checkpoint: its folder, run record and (optional) evaluation."""
 
     name: str
     path: Path
-    report: dict[str, Any]
+    record: RunRecord
     evaluation: dict[str, Any] | None
 
     @property
-    def config(self) -> dict[str, Any]:
-        return self.report["config"]
+    def config(self) -> PruneConfig:
+        return self.record.config
 
     @property
-    def params(self) -> dict[str, Any]:
-        return self.report["parameters"]
+    def params(self) -> ParameterCounts:
+        return self.record.parameters
 
     @property
     def label(self) -> str:
@@ -73,32 +73,31 @@ def find_runs(run_dir: str | Path) -> list[Run]:
     if not root.is_dir():
         raise FileNotFoundError(f"Run folder not found: {root}. Pass a checkpoint folder written by "
                                 f"'reprune prune' or a folder of such checkpoints.")
-    if (root / REPORT_FILE).is_file():
+    if (root / RECORD_FILE).is_file():
         folders = [root]
     else:  # hidden folders are e.g. save_pruned's unfinished '.name.partial-*' staging folders
         folders = [d for d in sorted(root.iterdir())
-                   if d.is_dir() and not d.name.startswith(".") and (d / REPORT_FILE).is_file()]
+                   if d.is_dir() and not d.name.startswith(".") and (d / RECORD_FILE).is_file()]
     if not folders:
         raise FileNotFoundError(
-            f"No {REPORT_FILE} in {root} or its subfolders. Pass a checkpoint folder written by "
+            f"No {RECORD_FILE} in {root} or its subfolders. Pass a checkpoint folder written by "
             f"'reprune prune --out DIR' or a folder whose subfolders are such checkpoints.")
-    runs = [Run(d.name, d, json.loads((d / REPORT_FILE).read_text()), _read_json(d / EVAL_FILE)) for d in folders]
-    return sorted(runs, key=lambda r: (r.label, r.config["ratio"], r.name))
+    runs = [Run(d.name, d, RunRecord.read(d), _read_json(d / EVAL_FILE)) for d in folders]
+    return sorted(runs, key=lambda r: (r.label, r.config.ratio, r.name))
 
 
-def method_label(config: dict[str, Any]) -> str:
+def method_label(config: PruneConfig) -> str:
     """criterion / reconstruction / allocation (/ recovery) (/ targets), e.g. ``flap / liar / uniform``.
 
     The criterion is the one of the pruned modules; ``attn:X+ffn:Y`` when heads and neurons differ.
     """
-    targets = config.get("targets", "both")
-    attention = config.get("attention_criterion") or config["criterion"]
-    ffn = config.get("ffn_criterion") or config["criterion"]
+    targets = config.targets
+    attention, ffn = config.criterion_for("attention"), config.criterion_for("ffn")
     criterion = {"attention": attention, "ffn": ffn}.get(targets, attention if attention == ffn
                                                              else f"attn:{attention}+ffn:{ffn}")
-    parts = [criterion, config["reconstruction"], config["allocation"]]
-    if config.get("recovery", "none") != "none":
-        parts.append(f"{config['recovery']} recovery")
+    parts = [criterion, config.reconstruction, config.allocation]
+    if config.recovery != PruneConfig.recovery:  # a recovery was asked for
+        parts.append(f"{config.recovery} recovery")
     if targets != "both":
         parts.append(f"{targets} only")
     return " / ".join(parts)
@@ -110,22 +109,21 @@ def checkpoint_bytes(path: Path) -> int:
                if f.is_file() and f.relative_to(path).parts[0] not in OUTPUT_NAMES)
 
 
-def block_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+def block_rows(record: RunRecord) -> list[dict[str, Any]]:
     """Per block: heads and neurons before/after and the errors of its pruned modules (``None`` if untouched)."""
-    records = {(r["block"], r["kind"]): r for r in report["layers"]}
+    layers = {(layer.block, layer.kind): layer for layer in record.layers}
     rows = []
-    for block, shape in enumerate(report["shapes"]):
+    for block, shape in enumerate(record.shapes):
         row: dict[str, Any] = {"block": block}
-        for kind, key, now in (("attention", "heads", shape["num_heads"]),
-                               ("ffn", "neurons", shape["intermediate_size"])):
-            record = records.get((block, kind))
-            row[f"{key}_before"] = record["units_before"] if record else now
-            row[f"{key}_after"] = record["units_after"] if record else now
-            row[f"{kind}_error_none"] = record["error_none"] if record else None
-            row[f"{kind}_error"] = record["error"] if record else None
-        touched = [records[(block, kind)] for kind in ("attention", "ffn") if (block, kind) in records]
-        row["stats_seconds"] = sum(r["seconds_stats"] for r in touched) if touched else None
-        row["solve_seconds"] = sum(r["seconds_solve"] for r in touched) if touched else None
+        for kind, key, now in (("attention", "heads", shape.num_heads), ("ffn", "neurons", shape.intermediate_size)):
+            layer = layers.get((block, kind))
+            row[f"{key}_before"] = layer.units_before if layer else now
+            row[f"{key}_after"] = layer.units_after if layer else now
+            row[f"{kind}_error_none"] = layer.error_none if layer else None
+            row[f"{kind}_error"] = layer.error if layer else None
+        touched = [layers[(block, kind)] for kind in ("attention", "ffn") if (block, kind) in layers]
+        row["stats_seconds"] = sum(layer.seconds_stats for layer in touched) if touched else None
+        row["solve_seconds"] = sum(layer.seconds_solve for layer in touched) if touched else None
         rows.append(row)
     return rows
 
@@ -229,7 +227,7 @@ def _by_method(runs: list[Run]) -> dict[str, list[Run]]:
     groups: dict[str, list[Run]] = {}
     for run in runs:
         groups.setdefault(run.label, []).append(run)
-    return {label: sorted(group, key=lambda r: r.params["ratio_prunable"]) for label, group in groups.items()}
+    return {label: sorted(group, key=lambda r: r.params.ratio_prunable) for label, group in groups.items()}
 
 
 def _ratio_axis(axis: Any) -> None:
@@ -261,7 +259,7 @@ def plot_by_ratio(runs: list[Run], base: float | None, value: Callable[[Run], fl
     """
     plotted = [] if base is None else [base]
     for label, group in _by_method(runs).items():
-        points = [(r.params["ratio_prunable"], value(r)) for r in group]
+        points = [(r.params.ratio_prunable, value(r)) for r in group]
         points = [(x, y) for x, y in points if y is not None]
         if points:
             plotted += [y for _, y in points]
@@ -330,7 +328,7 @@ def plot_kept(run: Run, rows: list[dict[str, Any]], path: Path) -> Path:
     axis.grid(axis="y", alpha=0.3)
     figure.legend(loc="outside lower center", ncols=2, fontsize="small")
     axis.set_title(f"{run.name}: kept heads and neurons per block\n{run.label}\n"
-                   f"{run.params['ratio_prunable']:.1%} of attention+FFN parameters removed", fontsize="medium")
+                   f"{run.params.ratio_prunable:.1%} of attention+FFN parameters removed", fontsize="medium")
     return _save(figure, path)
 
 
@@ -341,7 +339,7 @@ def plot_errors(run: Run, rows: list[dict[str, Any]], path: Path) -> Path:
     for axis, kind in zip(axes, kinds):
         values = []
         for key, name, marker in (("error_none", "pruned, no reconstruction", "x"),
-                                  ("error", f"after {run.config['reconstruction']}", "o")):
+                                  ("error", f"after {run.config.reconstruction}", "o")):
             points = [(r["block"], r[f"{kind}_{key}"]) for r in rows if (r[f"{kind}_{key}"] or 0) > 0]
             if points:
                 axis.plot(*zip(*points), marker=marker, label=name)
@@ -381,17 +379,17 @@ def _slug(name: str) -> str:
 
 
 def _model_name(runs: list[Run]) -> str:
-    report = runs[0].report
-    name = Path(report["input_model"]).name if report.get("input_model") else report["architecture"]
-    return f"{name} ({report['model_type']})"
+    record = runs[0].record
+    name = Path(record.input_model).name if record.input_model else record.architecture
+    return f"{name} ({record.model_type})"
 
 
 def run_summary(run: Run, dense: dict[str, Any] | None, lengths: list[int], tasks: list[str]) -> str:
     """Plain-language sentences: what was removed, the quality and speed cost, the time it took."""
     p = run.params
-    sentences = [f"Removed {p['ratio_prunable']:.1%} of attention+FFN parameters ({p['ratio_total']:.1%} of all: "
-                 f"{fmt_count(p['total_before'])} → {fmt_count(p['total_after'])}) with {run.label}"
-                 f" (asked {fmt_ratio_asked(run.config['ratio'])})."]
+    sentences = [f"Removed {p.ratio_prunable:.1%} of attention+FFN parameters ({p.ratio_total:.1%} of all: "
+                 f"{fmt_count(p.total_before)} → {fmt_count(p.total_after)}) with {run.label}"
+                 f" (asked {fmt_ratio_asked(run.config.ratio)})."]
     pruned, base = metrics(run.evaluation, lengths, tasks), metrics(dense, lengths, tasks)
     quality = []
     for n in lengths:
@@ -413,7 +411,7 @@ def run_summary(run: Run, dense: dict[str, Any] | None, lengths: list[int], task
     size = f"checkpoint {fmt_bytes(checkpoint_bytes(run.path))}"
     if dense and dense.get("bytes_on_disk"):
         size = f"checkpoint {fmt_bytes(dense['bytes_on_disk'])} → {fmt_bytes(checkpoint_bytes(run.path))}"
-    costs += [size, f"pruning took {run.report['timings']['total_seconds']:.1f} s"]
+    costs += [size, f"pruning took {run.record.timings.total_seconds:.1f} s"]
     sentences.append(sentence(costs))
     return " ".join(sentences)
 
@@ -433,13 +431,13 @@ def summary_table(runs: list[Run], dense: dict[str, Any] | None, names: list[str
                      *[fmt_metric(n, values[n]) if n in values else DASH for n in names],
                      *[_fmt_speed(dense, None, p) for p in phases], DASH])
     for run in runs:
-        p, t, values = run.params, run.report["timings"], metrics(run.evaluation, lengths, tasks)
-        rows.append([run.name, run.label, fmt_ratio_asked(run.config["ratio"]), f"{p['ratio_prunable']:.1%}",
-                     f"{p['ratio_total']:.1%}", f"{fmt_count(p['total_before'])} → {fmt_count(p['total_after'])}",
+        p, t, values = run.params, run.record.timings, metrics(run.evaluation, lengths, tasks)
+        rows.append([run.name, run.label, fmt_ratio_asked(run.config.ratio), f"{p.ratio_prunable:.1%}",
+                     f"{p.ratio_total:.1%}", f"{fmt_count(p.total_before)} → {fmt_count(p.total_after)}",
                      fmt_bytes(checkpoint_bytes(run.path)),
                      *[fmt_metric(n, values[n]) if n in values else DASH for n in names],
                      *[_fmt_speed(run.evaluation, dense, ph) for ph in phases],
-                     f"{t['total_seconds']:.1f} s ({t['stats_seconds']:.1f} s / {t['solve_seconds']:.1f} s)"])
+                     f"{t.total_seconds:.1f} s ({t.stats_seconds:.1f} s / {t.solve_seconds:.1f} s)"])
     return Table(header, rows)
 
 
@@ -467,11 +465,11 @@ def _setting(value: Any) -> str:
 def settings_table(runs: list[Run]) -> Table:
     """Every PruneConfig field and the run's context, one column per checkpoint."""
     def flat(run: Run) -> dict[str, Any]:
-        report = run.report
-        values = dict(report["config"])
-        values |= {k: report.get(k) for k in ("model_type", "architecture", "input_model", "plain_transformers")}
-        values |= {f"calibration.{k}": v for k, v in report.get("calibration", {}).items()}
-        values |= {f"versions.{k}": v for k, v in report.get("versions", {}).items()}
+        record = run.record
+        values = asdict(record.config)
+        values |= {k: getattr(record, k) for k in ("model_type", "architecture", "input_model", "plain_transformers")}
+        values |= {f"calibration.{k}": v for k, v in asdict(record.calibration).items()}
+        values |= {f"versions.{k}": v for k, v in record.versions.items()}
         return values
 
     columns = [flat(run) for run in runs]
@@ -490,7 +488,7 @@ def build_document(runs: list[Run], dense: dict[str, Any] | None, assets: Path) 
     if len(runs) == 1:
         doc.append(("p", run_summary(runs[0], dense, lengths, tasks)))
     else:
-        ratios = ", ".join(fmt_ratio_asked(x) for x in sorted({r.config["ratio"] for r in runs}))
+        ratios = ", ".join(fmt_ratio_asked(x) for x in sorted({r.config.ratio for r in runs}))
         doc.append(("p", f"{len(runs)} pruned checkpoints with {len(_by_method(runs))} method(s) at ratio(s) {ratios}"
                          f"{', compared with the dense model' if dense else ''}. Per checkpoint:"))
         doc.append(("ul", [f"{r.name}: {run_summary(r, dense, lengths, tasks)}" for r in runs]))
@@ -504,11 +502,11 @@ def build_document(runs: list[Run], dense: dict[str, Any] | None, assets: Path) 
         doc.append(("img", Image(images[-1], "speed-up over the dense model")))
     doc.append(("h2", "Per layer"))
     for run in runs:
-        rows = block_rows(run.report)
-        doc.append(("h3", f"{run.name}: {run.label}, {run.params['ratio_prunable']:.1%} removed"))
+        rows = block_rows(run.record)
+        doc.append(("h3", f"{run.name}: {run.label}, {run.params.ratio_prunable:.1%} removed"))
         images.append(plot_kept(run, rows, assets / f"kept_{_slug(run.name)}.png"))
         doc.append(("img", Image(images[-1], f"{run.name}: kept heads and neurons per block")))
-        if any(layer["error"] is not None for layer in run.report["layers"]):  # data-free runs measure none
+        if any(layer.error is not None for layer in run.record.layers):  # data-free runs measure none
             images.append(plot_errors(run, rows, assets / f"error_{_slug(run.name)}.png"))
             doc.append(("img", Image(images[-1], f"{run.name}: relative output error per block")))
         doc.append(("table", layer_table(rows)))

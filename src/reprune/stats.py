@@ -3,9 +3,31 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
+
+# The statistics a criterion, reconstruction or recovery may declare in ``needs``: the vocabulary that
+# calibration knows how to gather. Registration refuses any other name.
+STATISTICS: dict[str, str] = {
+    "level2_diag": "per-channel mean and sum of squares of the level-2 input (pruned path)",
+    "level2_in": "full Gram of the level-2 input (pruned path)",
+    "level1_in": "Gram of the module input after its norm (pruned path)",
+    "level2_cross": "level-2 input paired with the dense path's (two-path)",
+    "level1_cross": "module input paired with the dense path's (two-path)",
+    "head_divergence": "(heads x heads) mean Jensen-Shannon divergence of attention rows (eager attention)",
+}
+TWO_PATH_STATISTICS = frozenset({"level2_cross", "level1_cross"})
+
+
+def declared_statistics(names: Iterable[str], owner: str) -> frozenset[str]:
+    """``names`` as a frozenset, after checking each is in :data:`STATISTICS` (``owner`` names the culprit)."""
+    needs = frozenset(names)
+    unknown = sorted(needs - STATISTICS.keys())
+    if unknown:
+        raise ValueError(f"{owner} needs unknown statistics {unknown}; known: {', '.join(sorted(STATISTICS))}")
+    return needs
 
 
 @dataclass

@@ -1,16 +1,26 @@
-"""Adapter registry: one adapter class per architecture family, chosen by ``config.model_type``."""
+"""Adapter registry: one adapter class per architecture family, chosen by ``config.model_type``.
+
+Every module in this folder is imported, and each :class:`ModelAdapter` subclass registers itself for
+its ``model_types``, so a new family is one new file (see :class:`ModelAdapter` for what it must define).
+"""
 
 from __future__ import annotations
 
 from torch import nn
 
-from reprune.adapters.base import Depth2Module, Level1Part, ModelAdapter, Projection, block_output
-from reprune.adapters.bert import BertAdapter
-from reprune.adapters.gpt2 import GPT2Adapter
-from reprune.adapters.llama import LlamaAdapter
-from reprune.adapters.opt import OPTAdapter
+from reprune.adapters.base import (
+    ADAPTER_CLASSES,
+    Depth2Module,
+    LayerShape,
+    Level1Part,
+    ModelAdapter,
+    ModuleKind,
+    Projection,
+    block_output,
+)
+from reprune.registry import import_submodules
 
-ADAPTERS: tuple[type[ModelAdapter], ...] = (LlamaAdapter, BertAdapter, GPT2Adapter, OPTAdapter)
+import_submodules(__name__, __path__)
 
 
 class UnsupportedArchitectureError(ValueError):
@@ -18,30 +28,39 @@ class UnsupportedArchitectureError(ValueError):
 
 
 def supported_model_types() -> list[str]:
-    return sorted(t for adapter in ADAPTERS for t in adapter.model_types)
+    return sorted(ADAPTER_CLASSES)
+
+
+def adapter_class(model_type: str | None) -> type[ModelAdapter]:
+    """The adapter class for a ``config.model_type``, or an error listing the supported ones.
+
+    Cheap (a config is enough), so callers check a model folder before loading its weights.
+    """
+    if model_type not in ADAPTER_CLASSES:
+        raise UnsupportedArchitectureError(
+            f"Unsupported architecture: model_type={model_type!r}. reprune supports "
+            f"{', '.join(supported_model_types())}. Adding one is a new adapter file in src/reprune/adapters/ "
+            "(see ARCHITECTURE.md)."
+        )
+    return ADAPTER_CLASSES[model_type]
 
 
 def get_adapter(model: nn.Module) -> ModelAdapter:
     """Return the adapter for ``model`` or raise an error listing the supported architectures."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    for adapter in ADAPTERS:
-        if model_type in adapter.model_types:
-            return adapter(model=model, family=adapter.__name__.removesuffix("Adapter").lower(),
-                           causal=model_type not in BertAdapter.model_types)
-    raise UnsupportedArchitectureError(
-        f"Unsupported architecture: model_type={model_type!r}. reprune supports "
-        f"{', '.join(supported_model_types())} (LLaMA family, BERT family, GPT-2, OPT). "
-        "Adding one is a new adapter in src/reprune/adapters/."
-    )
+    return adapter_class(model_type)(model)
 
 
 __all__ = [
-    "ADAPTERS",
+    "ADAPTER_CLASSES",
     "Depth2Module",
+    "LayerShape",
     "Level1Part",
     "ModelAdapter",
+    "ModuleKind",
     "Projection",
     "UnsupportedArchitectureError",
+    "adapter_class",
     "block_output",
     "get_adapter",
     "supported_model_types",

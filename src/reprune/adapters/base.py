@@ -6,7 +6,8 @@ only, so a new architecture is one adapter file.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -48,6 +49,11 @@ class Projection:
     @property
     def in_features(self) -> int:
         return self.weight().shape[1]
+
+    def as_target(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Weight as (in, out) and bias (or None), float64: this layer as a regression target."""
+        bias = self.bias()
+        return self.weight().detach().T.to(torch.float64), None if bias is None else bias.detach().to(torch.float64)
 
     def replace(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         """Swap in a module of the new shape (weight given as (out, in)), same type, dtype and device."""
@@ -96,7 +102,6 @@ class Depth2Module:
     unit_width: int
     num_kv_heads: int = 0
     gated: bool = False
-    activation: str = ""
 
     @property
     def name(self) -> str:
@@ -120,25 +125,75 @@ class Depth2Module:
         return self.unit_channels(units_t) + part.offset
 
 
-@dataclass
-class ModelAdapter:
-    """Base adapter; subclasses fill in the family-specific parts."""
+@dataclass(frozen=True)
+class LayerShape:
+    """One block's attention and FFN sizes, as they are now (the report's and the checkpoint's view)."""
 
-    model: nn.Module
-    family: str = "base"
-    causal: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
 
+
+class ModelAdapter(ABC):
+    """How reprune sees one architecture family: its blocks, their depth-2 modules and projections.
+
+    To add a family, write one new file in ``src/reprune/adapters/`` with a subclass; it registers itself
+    for its ``model_types`` and the contract tests (tests/test_contract.py) pick it up. A subclass sets:
+
+    Required
+      - ``model_types``: the ``config.model_type`` values it serves.
+      - :meth:`blocks`, :meth:`modules_of`, :meth:`attention_attributes`.
+    Optional (defaults in brackets)
+      - ``causal`` [True]: False for encoders (bidirectional attention, no generation).
+      - ``ffn_config_key`` [""]: config key of the FFN width, so a uniform FFN-only pruning saves as
+        plain transformers; override :meth:`plain_config_updates` when heads can be stated too.
+      - :meth:`attention_residual`, :meth:`ffn_residual`, :meth:`after_attention` [None]: pre-norm
+        shortcuts that let calibration propagate a block without running it again.
+      - :meth:`bias_config_updates`, :meth:`materialise_bias_partners` [nothing]: for configs whose bias
+        flags cover several projections (LLaMA's ``attention_bias``/``mlp_bias``).
+    """
+
+    model_types: ClassVar[tuple[str, ...]] = ()
+    causal: ClassVar[bool] = True
+    ffn_config_key: ClassVar[str] = ""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not cls.model_types:
+            raise TypeError(f"{cls.__name__} must name the config.model_type values it serves in model_types")
+        for model_type in cls.model_types:
+            if model_type in ADAPTER_CLASSES:
+                raise TypeError(f"model_type {model_type!r} is claimed by both "
+                                f"{ADAPTER_CLASSES[model_type].__name__} and {cls.__name__}")
+            ADAPTER_CLASSES[model_type] = cls
+
+    @abstractmethod
     def blocks(self) -> nn.ModuleList:
-        raise NotImplementedError
+        """The model's transformer blocks, in order."""
+
+    @abstractmethod
+    def modules_of(self, block: nn.Module, block_index: int) -> list[Depth2Module]:
+        """The attention and FFN modules of ``block`` (a block of this model, or a copy of one), in that order."""
+
+    @abstractmethod
+    def attention_attributes(self, num_heads: int, num_kv_heads: int, head_dim: int) -> dict[str, int]:
+        """Attributes of the attention module that its forward reads and that change with the head count."""
 
     def depth2_modules(self, block_index: int) -> list[Depth2Module]:
         """The modules of the model's block ``block_index`` in forward order (attention first)."""
         return self.modules_of(self.blocks()[block_index], block_index)
 
-    def modules_of(self, block: nn.Module, block_index: int) -> list[Depth2Module]:
-        """Describe the modules of ``block`` (a block of this model, or a copy of one)."""
-        raise NotImplementedError
+    def layer_shapes(self) -> list[LayerShape]:
+        """Per block: query heads, KV heads, head size and FFN width, as they are now."""
+        shapes = []
+        for index in range(len(self.blocks())):
+            attention, ffn = self.depth2_modules(index)
+            shapes.append(LayerShape(attention.num_units, attention.num_kv_heads, attention.unit_width, ffn.num_units))
+        return shapes
 
     def ffn_residual(self, block: nn.Module) -> nn.Module | None:
         """The module whose input is the residual stream that the FFN output is added to as the block's
@@ -170,25 +225,18 @@ class ModelAdapter:
         for name, value in self.attention_attributes(num_heads, num_kv_heads, module.unit_width).items():
             setattr(module.parent, name, value)
 
-    def attention_attributes(self, num_heads: int, num_kv_heads: int, head_dim: int) -> dict[str, int]:
-        raise NotImplementedError
-
-
-    # config key of the FFN width, for families whose config derives the head size from the hidden size
-    ffn_config_key: ClassVar[str] = ""
-
-    def plain_config_updates(self, layer_shapes: list[dict[str, int]]) -> dict[str, Any] | None:
+    def plain_config_updates(self, shapes: list[LayerShape]) -> dict[str, Any] | None:
         """Config keys that describe a uniformly pruned model to plain transformers, or None if impossible.
 
         By default only the FFN width can be stated: the head size is hidden_size / num_heads, so any
         head pruning needs the manifest.
         """
-        first = layer_shapes[0]
-        if any(shape != first for shape in layer_shapes) or not self.ffn_config_key:
+        first = shapes[0]
+        if any(shape != first for shape in shapes) or not self.ffn_config_key:
             return None
-        if first["num_heads"] * first["head_dim"] != self.model.config.hidden_size:
+        if first.num_heads * first.head_dim != self.model.config.hidden_size:
             return None
-        return {self.ffn_config_key: first["intermediate_size"]}
+        return {self.ffn_config_key: first.intermediate_size}
 
     def bias_config_updates(self) -> dict[str, Any]:
         """Config keys that make plain transformers build the biases that reconstruction added."""
@@ -197,6 +245,9 @@ class ModelAdapter:
     def materialise_bias_partners(self, module: Depth2Module) -> None:
         """Give sibling projections zero biases when the config's bias flag covers them too (LLaMA)."""
 
+
+# config.model_type -> adapter class, filled by ModelAdapter.__init_subclass__
+ADAPTER_CLASSES: dict[str, type[ModelAdapter]] = {}
 
 
 def qkv_attention(parent: nn.Module, names: tuple[str, str, str], level2: Projection, block_index: int,

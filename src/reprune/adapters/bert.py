@@ -12,6 +12,7 @@ class BertAdapter(ModelAdapter):
     ``intermediate.dense`` and ``output.dense``."""
 
     model_types = ("bert", "roberta")
+    causal = False
     ffn_config_key = "intermediate_size"
 
     def blocks(self) -> nn.ModuleList:
@@ -29,7 +30,6 @@ class BertAdapter(ModelAdapter):
             level2=Projection(layer.output, "dense"),
             num_units=layer.output.dense.in_features,
             unit_width=1,
-            activation=str(self.model.config.hidden_act),
         )
         return [attention, ffn]
 

@@ -43,7 +43,6 @@ class GPT2Adapter(ModelAdapter):
             level2=Projection(mlp, "c_proj"),
             num_units=mlp.c_proj.weight.shape[0],
             unit_width=1,
-            activation=str(self.model.config.activation_function),
         )
         return [attention, ffn]
 

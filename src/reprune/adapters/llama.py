@@ -7,13 +7,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from reprune.adapters.base import Depth2Module, Level1Part, ModelAdapter, Projection, qkv_attention
+from reprune.adapters.base import Depth2Module, LayerShape, Level1Part, ModelAdapter, Projection, qkv_attention
 
 
 class LlamaAdapter(ModelAdapter):
     """``model.layers[i].self_attn.{q,k,v,o}_proj`` and ``mlp.{gate,up,down}_proj``."""
 
     model_types = ("llama", "mistral", "qwen2")
+    ffn_config_key = "intermediate_size"
 
     def blocks(self) -> nn.ModuleList:
         return self.model.base_model.layers
@@ -31,7 +32,6 @@ class LlamaAdapter(ModelAdapter):
             num_units=mlp.down_proj.in_features,
             unit_width=1,
             gated=True,
-            activation=str(self.model.config.hidden_act),
         )
         return [attention, ffn]
 
@@ -47,15 +47,15 @@ class LlamaAdapter(ModelAdapter):
     def attention_attributes(self, num_heads: int, num_kv_heads: int, head_dim: int) -> dict[str, int]:
         return {"num_key_value_groups": num_heads // num_kv_heads}
 
-    def plain_config_updates(self, layer_shapes: list[dict[str, int]]) -> dict[str, Any] | None:
-        first = layer_shapes[0]
-        if any(shape != first for shape in layer_shapes):
+    def plain_config_updates(self, shapes: list[LayerShape]) -> dict[str, Any] | None:
+        first = shapes[0]
+        if any(shape != first for shape in shapes):
             return None
         return {
-            "num_attention_heads": first["num_heads"],
-            "num_key_value_heads": first["num_kv_heads"],
-            "head_dim": first["head_dim"],
-            "intermediate_size": first["intermediate_size"],
+            "num_attention_heads": first.num_heads,
+            "num_key_value_heads": first.num_kv_heads,
+            "head_dim": first.head_dim,
+            "intermediate_size": first.intermediate_size,
         }
 
     def bias_config_updates(self) -> dict[str, Any]:

@@ -29,7 +29,6 @@ class OPTAdapter(ModelAdapter):
             level2=Projection(layer, "fc2"),
             num_units=layer.fc2.in_features,
             unit_width=1,
-            activation=str(self.model.config.activation_function),
         )
         return [attention, ffn]
 

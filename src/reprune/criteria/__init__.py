@@ -1,9 +1,8 @@
 """Criteria registry: a criterion scores every unit (head or neuron) of a module; higher means keep.
 
 A criterion is a small function over the module's weights and calibration statistics, registered with
-the statistics it needs, so a new criterion is one file. Needs: ``level2_diag`` (per-channel mean and
-sum of squares of the level-2 input), ``level2_in`` (its full Gram), ``level1_in`` (the module input's
-Gram) and ``head_divergence`` (see :class:`reprune.stats.ModuleStats`).
+the statistics it needs (names from :data:`reprune.stats.STATISTICS`), so a new criterion is one new
+file in this folder: every module here is imported, and its ``@register`` adds it.
 """
 
 from __future__ import annotations
@@ -14,13 +13,14 @@ from typing import Any
 
 import torch
 
-from reprune.adapters import Depth2Module
-from reprune.stats import ModuleStats
+from reprune.adapters import Depth2Module, ModuleKind
+from reprune.registry import Registry, import_submodules
+from reprune.stats import ModuleStats, declared_statistics
 
 ScoreFn = Callable[[Depth2Module, ModuleStats, torch.Generator], torch.Tensor]
 # how many units a criterion wants removed, from its options (e.g. a threshold); None: use the allocation's
 CountFn = Callable[[Depth2Module, ModuleStats, dict[str, Any]], int | None]
-ALL_KINDS = frozenset({"attention", "ffn"})
+ALL_KINDS: frozenset[ModuleKind] = frozenset({"attention", "ffn"})
 
 
 @dataclass(frozen=True)
@@ -29,14 +29,14 @@ class Criterion:
     score: ScoreFn
     needs: frozenset[str] = field(default_factory=frozenset)
     description: str = ""
-    kinds: frozenset[str] = ALL_KINDS  # module kinds the criterion can score
+    kinds: frozenset[ModuleKind] = ALL_KINDS  # module kinds the criterion can score
     count: CountFn | None = None
 
 
-CRITERIA: dict[str, Criterion] = {}
+CRITERIA: Registry[Criterion] = Registry("criterion")
 
 
-def register(name: str, needs: set[str] | None = None, description: str = "", kinds: set[str] | None = None,
+def register(name: str, needs: set[str] | None = None, description: str = "", kinds: set[ModuleKind] | None = None,
              count: CountFn | None = None) -> Callable[[ScoreFn], ScoreFn]:
     """Decorator adding a score function to the registry under ``name``.
 
@@ -44,17 +44,12 @@ def register(name: str, needs: set[str] | None = None, description: str = "", ki
     """
 
     def wrap(fn: ScoreFn) -> ScoreFn:
-        CRITERIA[name] = Criterion(name, fn, frozenset(needs or ()), description or (fn.__doc__ or "").strip(),
-                                   frozenset(kinds) if kinds else ALL_KINDS, count)
+        CRITERIA.add(Criterion(name, fn, declared_statistics(needs or (), f"criterion {name!r}"),
+                               description or (fn.__doc__ or "").strip(),
+                               frozenset(kinds) if kinds else ALL_KINDS, count))
         return fn
 
     return wrap
-
-
-def get_criterion(name: str) -> Criterion:
-    if name not in CRITERIA:
-        raise ValueError(f"Unknown criterion {name!r}; choose one of: {', '.join(sorted(CRITERIA))}")
-    return CRITERIA[name]
 
 
 def per_unit(module: Depth2Module, per_channel: torch.Tensor) -> torch.Tensor:
@@ -79,6 +74,6 @@ def level2_weight(module: Depth2Module) -> torch.Tensor:
     return module.level2.weight().detach().to("cpu", torch.float64)
 
 
-from reprune.criteria import baselines, head_similarity, second_moment  # noqa: E402,F401  (registration side effects)
+import_submodules(__name__, __path__)
 
-__all__ = ["CRITERIA", "Criterion", "get_criterion", "per_unit", "register"]
+__all__ = ["CRITERIA", "Criterion", "per_unit", "register"]

@@ -1,8 +1,9 @@
 """Reconstruction registry: given the kept/removed inner channels of a level-2 layer and calibration
 statistics, return the layer's new weight and bias in closed form (no gradients).
 
-A reconstruction is one small function registered with the statistics it needs; METHODS.md's notation
-is used inside (``W`` is (in, out), the transpose of ``nn.Linear.weight``).
+A reconstruction is one small function registered with the statistics it needs (names from
+:data:`reprune.stats.STATISTICS`), so a new one is one new file in this folder: every module here is
+imported. METHODS.md's notation is used inside (``W`` is (in, out), the transpose of ``nn.Linear.weight``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from dataclasses import dataclass, field
 import torch
 
 from reprune.adapters import Depth2Module
-from reprune.stats import Moments, ModuleStats
+from reprune.registry import Registry, import_submodules
+from reprune.stats import Moments, ModuleStats, declared_statistics
 
 
 @dataclass
@@ -25,8 +27,14 @@ class ReconstructionInput:
     removed: torch.Tensor  # inner channels removed
     stats: ModuleStats
     alpha: float
-    dense_weight: torch.Tensor | None = None  # dense-path level-2 weight, (in, out), float64
-    dense_bias: torch.Tensor | None = None
+    dense_module: Depth2Module | None = None  # the same module on the dense path (two-path methods)
+
+    @property
+    def dense_target(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The dense path's level-2 weight (in, out) and bias, float64: what two-path fits aim at."""
+        if self.dense_module is None:
+            raise RuntimeError(f"{self.module.name}: this reconstruction needs the dense path, which was not run")
+        return self.dense_module.level2.as_target()
 
     @property
     def weight(self) -> torch.Tensor:
@@ -53,21 +61,16 @@ class Reconstruction:
     description: str = ""
 
 
-RECONSTRUCTIONS: dict[str, Reconstruction] = {}
+RECONSTRUCTIONS: Registry[Reconstruction] = Registry("reconstruction")
 
 
 def register(name: str, needs: set[str] | None = None, description: str = "") -> Callable[[ReconstructFn], ReconstructFn]:
     def wrap(fn: ReconstructFn) -> ReconstructFn:
-        RECONSTRUCTIONS[name] = Reconstruction(name, fn, frozenset(needs or ()), description or (fn.__doc__ or "").strip())
+        RECONSTRUCTIONS.add(Reconstruction(name, fn, declared_statistics(needs or (), f"reconstruction {name!r}"),
+                                           description or (fn.__doc__ or "").strip()))
         return fn
 
     return wrap
-
-
-def get_reconstruction(name: str) -> Reconstruction:
-    if name not in RECONSTRUCTIONS:
-        raise ValueError(f"Unknown reconstruction {name!r}; choose one of: {', '.join(sorted(RECONSTRUCTIONS))}")
-    return RECONSTRUCTIONS[name]
 
 
 def output_error(moments: Moments, full_weight: torch.Tensor, full_bias: torch.Tensor, kept: torch.Tensor,
@@ -95,14 +98,28 @@ def output_energy(moments: Moments, weight: torch.Tensor, bias: torch.Tensor) ->
     return float(quad / n + 2.0 * (moments.sum @ weight) @ bias / n + bias.pow(2).sum())
 
 
-from reprune.reconstruction import closed_form  # noqa: E402,F401  (registration side effects)
+def relative_errors(inp: ReconstructionInput, new_weight: torch.Tensor,
+                    new_bias: torch.Tensor | None) -> tuple[float | None, float | None]:
+    """Output errors on the calibration rows relative to the full layer's output energy: of plain pruning
+    and of the given new weights. None when no rows were gathered (a data-free method)."""
+    moments = inp.stats.level2_in
+    if not moments.n:
+        return None, None
+    full_w, full_b = inp.weight, inp.bias
+    energy = max(output_energy(moments, full_w, full_b), 1e-30)
+    plain_bias = full_b if inp.module.level2.bias() is not None else None
+    error_none = output_error(moments, full_w, full_b, inp.kept, full_w[inp.kept], plain_bias) / energy
+    return error_none, output_error(moments, full_w, full_b, inp.kept, new_weight, new_bias) / energy
+
+
+import_submodules(__name__, __path__)
 
 __all__ = [
     "RECONSTRUCTIONS",
     "Reconstruction",
     "ReconstructionInput",
-    "get_reconstruction",
     "output_energy",
     "output_error",
+    "relative_errors",
     "register",
 ]

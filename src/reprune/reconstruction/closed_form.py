@@ -87,9 +87,10 @@ def fit_dense_target(inp: ReconstructionInput, prior: torch.Tensor) -> Result:
     The intercept absorbs mean shifts and the ridge falls back on ``prior`` where the data say little.
     """
     cross = inp.stats.level2_cross
-    if cross is None or inp.dense_weight is None:
+    if cross is None:
         raise RuntimeError(f"{inp.module.name}: dense-target reconstruction needs the dense path statistics")
-    return ridge_to_dense(cross, inp.kept, inp.dense_weight, inp.dense_bias, prior, inp.alpha, True, inp.module.name)
+    dense_weight, dense_bias = inp.dense_target
+    return ridge_to_dense(cross, inp.kept, dense_weight, dense_bias, prior, inp.alpha, True, inp.module.name)
 
 
 @register("dense-target", needs={"level2_cross"},

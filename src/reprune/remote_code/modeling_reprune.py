@@ -1,9 +1,9 @@
 """Loader for a reprune checkpoint whose layers were pruned to different sizes.
 
 Copied into the checkpoint folder by reprune, so ``from_pretrained(dir, trust_remote_code=True)`` works
-without reprune installed: each class builds the original architecture, then resizes the projections
-and attention attributes listed in ``config.reprune_manifest`` before the weights are loaded.
-Only torch and transformers are needed.
+without reprune installed: ``Reprune<Class>`` exists for every transformers model class (made on first
+access), builds the original architecture, then resizes the projections and attention attributes listed
+in ``config.reprune_manifest`` before the weights are loaded. Only torch and transformers are needed.
 """
 
 from __future__ import annotations
@@ -14,11 +14,7 @@ import transformers
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-SUPPORTED = (
-    "LlamaForCausalLM", "LlamaModel", "MistralForCausalLM", "MistralModel", "Qwen2ForCausalLM", "Qwen2Model",
-    "BertModel", "BertForMaskedLM", "BertForSequenceClassification", "RobertaModel",
-    "RobertaForSequenceClassification", "GPT2LMHeadModel", "GPT2Model", "OPTForCausalLM", "OPTModel",
-)
+PREFIX = "Reprune"
 
 
 def _resolve(model: nn.Module, path: str) -> nn.Module:
@@ -51,9 +47,13 @@ def _pruned_class(base: type) -> type:
         base.__init__(self, config, *args, **kwargs)
         apply_manifest(self, getattr(config, "reprune_manifest", {}) or {})
 
-    return type(f"Reprune{base.__name__}", (base,), {"__init__": __init__, "__module__": __name__})
+    return type(f"{PREFIX}{base.__name__}", (base,), {"__init__": __init__, "__module__": __name__})
 
 
-for _name in SUPPORTED:
-    if hasattr(transformers, _name):
-        globals()[f"Reprune{_name}"] = _pruned_class(getattr(transformers, _name))
+def __getattr__(name: str) -> type:
+    """``Reprune<Class>`` for any transformers class ``<Class>``, built on first access and kept."""
+    base = name.removeprefix(PREFIX)
+    if base == name or not isinstance(getattr(transformers, base, None), type):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = cls = _pruned_class(getattr(transformers, base))
+    return cls

@@ -1,0 +1,58 @@
+"""Global allocation's scoring pass: every eligible module's scores on the dense model, before pruning.
+
+Global allocation ranks units across layers, so it needs all layers' scores at once. Each block runs
+once per batch for the statistics of all its modules, and a criterion that reads only per-channel
+moments gets no Gram; with no criterion reading statistics no block is run at all.
+"""
+
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from reprune.adapters import ModelAdapter, ModuleKind
+from reprune.calibration import Activations, collect_block_stats
+from reprune.config import Plan
+from reprune.stats import ModuleStats
+
+Scores = dict[tuple[int, ModuleKind], torch.Tensor]
+
+
+def score_dense_model(adapter: ModelAdapter, acts: Activations | None, plan: Plan, generator: torch.Generator,
+                      device: torch.device, progress: bool = True) -> Scores:
+    """Scores of every eligible module, keyed (block, kind); ``acts`` are block 0's inputs (None: data-free)."""
+    scores: Scores = {}
+    eligible = plan.eligible
+    if not plan.criteria_read_data:
+        acts = None
+    for index in tqdm(range(plan.num_blocks), desc="scoring (global allocation)", leave=False, disable=not progress):
+        modules = [m for m in adapter.depth2_modules(index) if (index, m.kind) in eligible]
+        if acts is None:
+            stats = [ModuleStats() for _ in modules]
+        else:
+            block = adapter.blocks()[index]
+            home = next(block.parameters()).device
+            block.to(device)
+            stats, acts = collect_block_stats(block, modules, [plan.criteria[m.kind].needs for m in modules], acts)
+            block.to(home)
+        for module, module_stats in zip(modules, stats):
+            scores[(index, module.kind)] = plan.criteria[module.kind].score(module, module_stats, generator).cpu()
+    return scores
+
+
+def check_scores(adapter: ModelAdapter, scores: Scores, plan: Plan) -> None:
+    """Reused scores must be those of this model and configuration (see :func:`reprune.pipeline.global_scores`)."""
+    if plan.config.allocation != "global":
+        raise ValueError(f"scores are read by global allocation only, but allocation is "
+                         f"{plan.config.allocation!r}: drop scores= or set allocation='global'")
+    eligible = plan.eligible
+    if set(scores) != eligible:
+        raise ValueError(
+            f"the given scores cover modules {sorted(set(scores) - eligible)} not pruned here and miss "
+            f"{sorted(eligible - set(scores))}: compute them with global_scores() for the same model and config"
+        )
+    for index, kind in sorted(eligible):
+        module = next(m for m in adapter.depth2_modules(index) if m.kind == kind)
+        if scores[(index, kind)].shape != (module.num_units,):
+            raise ValueError(f"the given scores of {module.name} have shape {tuple(scores[(index, kind)].shape)}, "
+                             f"not ({module.num_units},): they belong to another model (or to a pruned one)")
