@@ -46,14 +46,38 @@ MODEL_CLASSES = {
 FAMILIES = list(MODEL_CLASSES)
 
 
-def tiny_model(family: str, seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    model = MODEL_CLASSES[family](tiny_config(family))
+def _randomised(model: nn.Module) -> nn.Module:
     with torch.no_grad():  # random biases, so bias handling is exercised
         for module in model.modules():
             if isinstance(module, nn.Linear) and module.bias is not None:
                 module.bias.normal_(0, 0.02)
     return model.eval()
+
+
+def tiny_model(family: str, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return _randomised(MODEL_CLASSES[family](tiny_config(family)))
+
+
+# sizes every contract model shares; an adapter's ``tiny_config`` adds what its model type needs
+CONTRACT_SIZES = {"vocab_size": VOCAB, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+                  "intermediate_size": 48, "max_position_embeddings": 64}
+
+
+def contract_model(model_type: str, seed: int = 0) -> nn.Module:
+    """A tiny random model of any model type an adapter serves: GQA (2 KV heads) wherever the config has them."""
+    from reprune.adapters import ADAPTER_CLASSES
+
+    adapter = ADAPTER_CLASSES[model_type]
+    extra = adapter.tiny_config.get(model_type, {})
+    config = transformers.AutoConfig.for_model(model_type, **{**CONTRACT_SIZES, **extra})
+    if hasattr(config, "num_key_value_heads") and "num_key_value_heads" not in extra:
+        config.num_key_value_heads = 2
+    if adapter.ffn_config_key:
+        setattr(config, adapter.ffn_config_key, CONTRACT_SIZES["intermediate_size"])
+    auto = transformers.AutoModelForCausalLM if adapter.causal else transformers.AutoModel
+    torch.manual_seed(seed)
+    return _randomised(auto.from_config(config))
 
 
 def tiny_llama_for(tokenizer, max_positions: int) -> transformers.LlamaForCausalLM:

@@ -152,11 +152,14 @@ class ModelAdapter(ABC):
         shortcuts that let calibration propagate a block without running it again.
       - :meth:`bias_config_updates`, :meth:`materialise_bias_partners` [nothing]: for configs whose bias
         flags cover several projections (LLaMA's ``attention_bias``/``mlp_bias``).
+      - ``tiny_config`` [{}]: per model type, the config keys a tiny random model of it needs beyond
+        hidden size 32, 4 heads (2 KV heads), FFN 48 and 2 blocks (e.g. ``head_dim``), for the contract tests.
     """
 
     model_types: ClassVar[tuple[str, ...]] = ()
     causal: ClassVar[bool] = True
     ffn_config_key: ClassVar[str] = ""
+    tiny_config: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model

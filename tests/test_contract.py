@@ -1,0 +1,137 @@
+"""Contracts every extension must keep, parametrized over the registries and every adapted model type.
+
+A new adapter (model type), criterion, reconstruction or recovery is picked up here without editing
+this file: the parameters are read from the registries.
+
+- ratio 0 is the identity (up to a recovery's own re-fit);
+- with reconstruction ``none`` the pruned model equals the dense model with the removed units'
+  level-2 input columns zeroed;
+- the residual shortcuts propagate exactly what running whole blocks gives;
+- save -> load gives the same logits;
+- no reconstruction increases the calibration-row output error over plain pruning.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from reprune import PruneConfig, load, prune, save_pruned
+from reprune.adapters import ModelAdapter, get_adapter, supported_model_types
+from reprune.criteria import CRITERIA
+from reprune.reconstruction import RECONSTRUCTIONS
+from reprune.recovery import RECOVERIES
+from reprune.stats import TWO_PATH_STATISTICS
+from tiny_models import calibration_batch, contract_model, model_output
+
+MODEL_TYPES = supported_model_types()
+IDS = calibration_batch(16, 16)
+
+
+def criterion_options(name: str) -> dict[str, Any]:
+    """Config fields that use criterion ``name`` wherever it can score (flap elsewhere)."""
+    kinds = CRITERIA.get(name).kinds
+    return {"attention_criterion": name if "attention" in kinds else "flap",
+            "ffn_criterion": name if "ffn" in kinds else "flap"}
+
+
+def run(model_type: str, **fields: Any) -> tuple[torch.nn.Module, Any]:
+    config = PruneConfig(**{"ratio": 0.3, "batch_size": 8, **fields})
+    return prune(contract_model(model_type), IDS, config, progress=False)
+
+
+def exact_recovery(name: str) -> bool:
+    """A recovery that changes nothing at ratio 0 (one that re-fits every module only approximates it)."""
+    return not RECOVERIES.get(name).every_module
+
+
+@pytest.mark.parametrize("recovery", RECOVERIES.names())
+@pytest.mark.parametrize("reconstruction", RECONSTRUCTIONS.names())
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_ratio_zero_is_the_identity(model_type: str, reconstruction: str, recovery: str) -> None:
+    dense = contract_model(model_type)
+    model, record = run(model_type, ratio=0.0, reconstruction=reconstruction, recovery=recovery)
+    assert all(layer.units_after == layer.units_before for layer in record.layers)
+    if exact_recovery(recovery):
+        assert record.layers == [] and record.parameters.total_after == record.parameters.total_before
+        for name, tensor in model.state_dict().items():
+            assert torch.equal(tensor, dense.state_dict()[name]), name
+    else:  # re-fitted to the dense outputs from the very same inputs: the ridge's shrinkage only (the
+        # reconstruction may add biases, so parameter counts can grow)
+        torch.testing.assert_close(model_output(model, IDS), model_output(dense, IDS), rtol=0, atol=2e-3)
+
+
+@pytest.mark.parametrize("criterion", CRITERIA.names())
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_none_equals_zeroing_the_removed_columns(model_type: str, criterion: str) -> None:
+    model, record = run(model_type, reconstruction="none", **criterion_options(criterion))
+    assert record.layers and any(layer.units_after < layer.units_before for layer in record.layers)
+    masked = contract_model(model_type)
+    adapter = get_adapter(masked)
+    with torch.no_grad():
+        for layer in record.layers:
+            module = adapter.depth2_modules(layer.block)[0 if layer.kind == "attention" else 1]
+            removed = torch.ones(module.num_units * module.unit_width, dtype=torch.bool)
+            removed[module.unit_channels(layer.kept_units)] = False
+            module.level2.weight()[:, removed] = 0
+    torch.testing.assert_close(model_output(model, IDS), model_output(masked, IDS), rtol=1e-5, atol=1e-5)
+
+
+def _without_shortcuts(monkeypatch: pytest.MonkeyPatch, adapter: ModelAdapter) -> None:
+    monkeypatch.setattr(type(adapter), "attention_residual", lambda self, block: None)
+    monkeypatch.setattr(type(adapter), "ffn_residual", lambda self, block: None)
+
+
+METHODS = ([{"reconstruction": name} for name in RECONSTRUCTIONS.names()]
+           + [{"reconstruction": "bias", "recovery": name} for name in RECOVERIES.names() if name != "none"])
+
+
+@pytest.mark.parametrize("method", METHODS, ids=lambda m: "+".join(m.values()))
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_shortcut_propagation_equals_running_whole_blocks(model_type: str, method: dict[str, str],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    fast, fast_record = run(model_type, criterion="wanda-sp", **method)
+    _without_shortcuts(monkeypatch, get_adapter(contract_model(model_type)))
+    slow, slow_record = run(model_type, criterion="wanda-sp", **method)
+    assert [layer.kept_units for layer in fast_record.layers] == [layer.kept_units for layer in slow_record.layers]
+    for a, b in zip(fast_record.layers, slow_record.layers):
+        assert a.error == pytest.approx(b.error, rel=1e-4, abs=1e-7)
+    torch.testing.assert_close(model_output(fast, IDS), model_output(slow, IDS), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("allocation", ["uniform", "global"])
+@pytest.mark.parametrize("reconstruction", RECONSTRUCTIONS.names())
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_save_and_load_give_the_same_logits(model_type: str, reconstruction: str, allocation: str,
+                                            tmp_path) -> None:
+    model, record = run(model_type, reconstruction=reconstruction, allocation=allocation)
+    expected = model_output(model, IDS)
+    loaded = load(save_pruned(model, None, tmp_path / "pruned", record))
+    assert get_adapter(loaded).layer_shapes() == record.shapes
+    torch.testing.assert_close(model_output(loaded, IDS), expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("reconstruction", RECONSTRUCTIONS.names())
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_reconstruction_never_increases_the_calibration_error(model_type: str, reconstruction: str) -> None:
+    _, record = run(model_type, reconstruction=reconstruction)
+    assert record.layers
+    for layer in record.layers:
+        assert layer.error <= layer.error_none * (1 + 1e-9) + 1e-12, (layer.block, layer.kind)
+
+
+def test_every_registry_entry_declares_known_statistics() -> None:
+    from reprune.stats import STATISTICS
+
+    for registry in (CRITERIA, RECONSTRUCTIONS, RECOVERIES):
+        for name in registry.names():
+            assert registry.get(name).needs <= STATISTICS.keys(), name
+    assert TWO_PATH_STATISTICS <= STATISTICS.keys()
+    with pytest.raises(ValueError, match="unknown statistics"):
+        from reprune.criteria import register
+
+        register("typo-criterion", needs={"level2_gram"})(lambda module, stats, generator: None)
+    assert "typo-criterion" not in CRITERIA
+
