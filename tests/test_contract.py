@@ -60,7 +60,8 @@ def test_ratio_zero_is_the_identity(model_type: str, reconstruction: str, recove
             assert torch.equal(tensor, dense.state_dict()[name]), name
     else:  # re-fitted to the dense outputs from the very same inputs: the ridge's shrinkage only (the
         # reconstruction may add biases, so parameter counts can grow)
-        torch.testing.assert_close(model_output(model, IDS), model_output(dense, IDS), rtol=0, atol=2e-3)
+        out, expected = model_output(model, IDS), model_output(dense, IDS)
+        assert (out - expected).norm() <= 1e-2 * expected.norm()
 
 
 @pytest.mark.parametrize("criterion", CRITERIA.names())
@@ -113,7 +114,12 @@ def test_save_and_load_give_the_same_logits(model_type: str, reconstruction: str
     torch.testing.assert_close(model_output(loaded, IDS), expected, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("reconstruction", RECONSTRUCTIONS.names())
+# reconstructions that fit the pruned path's own output; two-path ones fit the dense model's instead, which
+# on rows that earlier pruning moved can raise the error against the pruned path's output
+SINGLE_PATH = [name for name in RECONSTRUCTIONS.names() if not RECONSTRUCTIONS.get(name).needs & TWO_PATH_STATISTICS]
+
+
+@pytest.mark.parametrize("reconstruction", SINGLE_PATH)
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
 def test_reconstruction_never_increases_the_calibration_error(model_type: str, reconstruction: str) -> None:
     _, record = run(model_type, reconstruction=reconstruction)
@@ -135,3 +141,29 @@ def test_every_registry_entry_declares_known_statistics() -> None:
         register("typo-criterion", needs={"level2_gram"})(lambda module, stats, generator: None)
     assert "typo-criterion" not in CRITERIA
 
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_calibration_path_equals_the_models_own_block_outputs(model_type: str) -> None:
+    """Block by block, the calibration path's outputs are the hidden states the model's own forward gets
+    from each block: also where layers take their own positional inputs (sliding and full attention)."""
+    from reprune.adapters import block_output
+    from reprune.calibration import CalibrationPath
+    from reprune.pipeline import capture_inputs
+
+    model = contract_model(model_type)
+    adapter = get_adapter(model)
+    seen: dict[int, list[torch.Tensor]] = {i: [] for i in range(len(adapter.blocks()))}
+    handles = [block.register_forward_hook(lambda module, args, output, i=i: seen[i].append(block_output(output)))
+               for i, block in enumerate(adapter.blocks())]
+    for start in range(0, len(IDS), 8):
+        model_output(model, IDS[start : start + 8])
+    for handle in handles:
+        handle.remove()
+    plan = PruneConfig(batch_size=8).resolve(len(adapter.blocks()))
+    path = CalibrationPath(adapter, capture_inputs(model, adapter, IDS, plan, torch.device("cpu")))
+    for index, block in enumerate(adapter.blocks()):
+        path.enter(block, index)
+        path.leave()
+        for ours, theirs in zip(path.acts.hidden, seen[index], strict=True):
+            torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -27,13 +27,37 @@ class _StopForward(Exception):
 
 @dataclass
 class Activations:
-    """Per-batch hidden states entering a block, with the keyword arguments the model passed to it."""
+    """Per-batch hidden states entering a block, with the keyword arguments the model passed to it.
+
+    Models whose layers take their own positional inputs (sliding and full attention layers with their own
+    masks or rotary tables, ``config.layer_types``) keep each type's arguments in ``layer_kwargs``;
+    :meth:`at_block` picks the ones of a block.
+    """
 
     hidden: list[torch.Tensor]
     kwargs: list[dict[str, Any]]
+    layer_types: tuple[str, ...] = ()  # per block, when the model has more than one layer type
+    layer_kwargs: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # per layer type, per batch
+
+    def with_hidden(self, hidden: list[torch.Tensor]) -> Activations:
+        """The same block arguments with other hidden states (a block's or a branch's outputs)."""
+        return replace(self, hidden=hidden)
 
     def clone(self) -> Activations:
-        return Activations([h.clone() for h in self.hidden], self.kwargs)
+        return self.with_hidden([h.clone() for h in self.hidden])
+
+    def at_block(self, index: int) -> Activations:
+        """These hidden states with the arguments block ``index`` receives from the model."""
+        if not self.layer_types:
+            return self
+        return replace(self, kwargs=self.layer_kwargs[self.layer_types[index]])
+
+
+def layer_types(model: nn.Module) -> tuple[str, ...]:
+    """``config.layer_types`` when the model's layers are of several types (each with its own mask or
+    rotary table), else ()."""
+    types = tuple(getattr(model.config.get_text_config(), "layer_types", None) or ())
+    return types if len(set(types)) > 1 else ()
 
 
 @dataclass
@@ -43,11 +67,12 @@ class ResidualTail:
 
     Kept by the module's statistics pass (see :meth:`ModelAdapter.attention_residual` and
     :meth:`ModelAdapter.ffn_residual`) so that, once the module is pruned, the stream after the branch is
-    ``residual + level2(level-2 input[..., kept])``: the branch is not run again. Costs the memory of the
-    level-2 inputs of the calibration set.
+    ``residual + post_branch(level2(level-2 input[..., kept]))``: the branch is not run again. Costs the
+    memory of the level-2 inputs of the calibration set.
     """
 
     residual_module: nn.Module
+    post_branch: nn.Module | None = None  # applied to the branch output before the add (Gemma 2/3's post-norms)
     residual: list[torch.Tensor] = field(default_factory=list)
     level2_in: list[torch.Tensor] = field(default_factory=list)
 
@@ -62,9 +87,9 @@ class ResidualTail:
         hidden = []
         for residual, level2_in, block_in in zip(self.residual, self.level2_in, inputs.hidden):
             x = level2_in if kept is None else level2_in[..., kept.to(level2_in.device)]
-            out = residual + level2(x)
-            hidden.append(out.reshape(block_in.shape))
-        return Activations(hidden, inputs.kwargs)
+            branch = level2(x) if self.post_branch is None else self.post_branch(level2(x))
+            hidden.append((residual + branch).reshape(block_in.shape))
+        return inputs.with_hidden(hidden)
 
 
 class AfterAttention:
@@ -131,25 +156,43 @@ def capture_block_inputs(
 ) -> Activations:
     """Run the model's embedding part over the calibration samples and keep block 0's inputs.
 
+    For a model with several layer types the forward goes on to the first block of each type, whose
+    arguments are kept too (those blocks visit the device meanwhile).
     ``attn_implementation="eager"`` makes the model build explicit additive attention masks, which
     both eager and SDPA attention accept; SDPA alone may pass no mask (implicitly causal), which
     eager attention would read as "attend everywhere".
     """
     blocks = adapter.blocks()
     move_outside_blocks(model, blocks, device)
-    captured = Activations([], [])
+    types = layer_types(model)
+    first_of_type = {kind: types.index(kind) for kind in dict.fromkeys(types)}
+    last = max(first_of_type.values(), default=0)
+    captured = Activations([], [], types, {kind: [] for kind in first_of_type})
     # GPT-2 and BERT pass the attention mask positionally: keep positional arguments by name
     names = list(inspect.signature(blocks[0].forward).parameters)
 
-    def grab(_module: nn.Module, args: tuple, kwargs: dict) -> None:
-        named = {**dict(zip(names, args)), **kwargs}
-        hidden = named.pop(names[0]) if args else named.pop("hidden_states")
-        captured.hidden.append(hidden.detach())
-        captured.kwargs.append({k: _to_device(v, device) for k, v in named.items()})
-        raise _StopForward
+    def grabber(index: int) -> Callable[[nn.Module, tuple, dict], None]:
+        def grab(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+            named = {**dict(zip(names, args)), **kwargs}
+            hidden = named.pop(names[0]) if args else named.pop("hidden_states")
+            named = {k: _to_device(v, device) for k, v in named.items()}
+            if index == 0:
+                captured.hidden.append(hidden.detach())
+                captured.kwargs.append(named)
+            for kind, first in first_of_type.items():
+                if first == index:
+                    captured.layer_kwargs[kind].append(named)
+            if index == last:
+                raise _StopForward
 
-    handle = blocks[0].register_forward_pre_hook(grab, with_kwargs=True)
+        return grab
+
+    handles = [blocks[i].register_forward_pre_hook(grabber(i), with_kwargs=True) for i in {0, last}
+               | set(first_of_type.values())]
+    homes = [next(blocks[i].parameters()).device for i in range(last)]
     try:
+        for i in range(last):
+            blocks[i].to(device)
         with attention_implementation(model.config, attn_implementation):
             for start in range(0, input_ids.shape[0], batch_size):
                 batch = input_ids[start : start + batch_size].to(device)
@@ -158,7 +201,10 @@ def capture_block_inputs(
                 except _StopForward:
                     pass
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
+        for i, home in enumerate(homes):
+            blocks[i].to(home)
     return captured
 
 
@@ -166,7 +212,7 @@ def capture_block_inputs(
 def run_block(block: nn.Module | AfterAttention, acts: Activations) -> Activations:
     """Propagate activations through one block."""
     outputs = [block_output(block(h, **kw)) for h, kw in zip(acts.hidden, acts.kwargs)]
-    return Activations(outputs, acts.kwargs)
+    return acts.with_hidden(outputs)
 
 
 def _attention_probabilities(module: Depth2Module, output: Any) -> torch.Tensor:
@@ -274,6 +320,7 @@ class CalibrationPath:
     def enter(self, block: nn.Module, index: int) -> None:
         """Start block ``index``; ``block`` is this path's copy of it (on the compute device)."""
         self.block, self.index, self.runner, self.output = block, index, block, None
+        self.acts = self.acts.at_block(index)
 
     def module(self, kind: ModuleKind) -> Depth2Module:
         """This path's ``kind`` module of the current block, read afresh (surgery replaces projections)."""
@@ -283,7 +330,7 @@ class CalibrationPath:
         """Before the ``kind`` module's statistics: keep its residual stream if the block allows a shortcut."""
         residual_of = self.adapter.attention_residual if kind == "attention" else self.adapter.ffn_residual
         residual = residual_of(self.block)
-        self.tail = None if residual is None else ResidualTail(residual)
+        self.tail = None if residual is None else ResidualTail(residual, self.adapter.post_branch(self.block, kind))
 
     def close_tail(self, kind: ModuleKind, kept: torch.Tensor | None) -> None:
         """After the ``kind`` module was pruned (``kept``: its kept level-2 input channels, None: unchanged),
@@ -399,7 +446,7 @@ def collect_block_stats(block: nn.Module, modules: list[Depth2Module], needs: li
     for i, wanted in enumerate(needs):
         if "head_divergence" in wanted:
             stats[i].head_divergence = divergences[i].mean()
-    return stats, Activations(outputs, acts.kwargs)
+    return stats, acts.with_hidden(outputs)
 
 
 def _check_explicit_masks(module: Depth2Module, acts: Activations) -> None:

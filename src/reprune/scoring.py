@@ -33,7 +33,8 @@ def score_dense_model(adapter: ModelAdapter, acts: Activations | None, plan: Pla
             block = adapter.blocks()[index]
             home = next(block.parameters()).device
             block.to(device)
-            stats, acts = collect_block_stats(block, modules, [plan.criteria[m.kind].needs for m in modules], acts)
+            stats, acts = collect_block_stats(block, modules, [plan.criteria[m.kind].needs for m in modules],
+                                              acts.at_block(index))
             block.to(home)
         for module, module_stats in zip(modules, stats):
             scores[(index, module.kind)] = plan.criteria[module.kind].score(module, module_stats, generator).cpu()

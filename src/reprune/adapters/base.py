@@ -148,8 +148,8 @@ class ModelAdapter(ABC):
       - ``causal`` [True]: False for encoders (bidirectional attention, no generation).
       - ``ffn_config_key`` [""]: config key of the FFN width, so a uniform FFN-only pruning saves as
         plain transformers; override :meth:`plain_config_updates` when heads can be stated too.
-      - :meth:`attention_residual`, :meth:`ffn_residual`, :meth:`after_attention` [None]: pre-norm
-        shortcuts that let calibration propagate a block without running it again.
+      - :meth:`attention_residual`, :meth:`ffn_residual`, :meth:`after_attention`, :meth:`post_branch`
+        [None]: pre-norm shortcuts that let calibration propagate a block without running it again.
       - :meth:`bias_config_updates`, :meth:`materialise_bias_partners` [nothing]: for configs whose bias
         flags cover several projections (LLaMA's ``attention_bias``/``mlp_bias``).
       - ``tiny_config`` [{}]: per model type, the config keys a tiny random model of it needs beyond
@@ -214,6 +214,11 @@ class ModelAdapter(ABC):
         With :meth:`after_attention`, lets the pipeline feed a block's FFN from what the attention's
         statistics pass saw (residual + new level 2 of the level-2 input) instead of running attention again.
         """
+        return None
+
+    def post_branch(self, block: nn.Module, kind: ModuleKind) -> nn.Module | None:
+        """What the block applies to the ``kind`` branch's output before adding it to the residual stream
+        (Gemma 2/3's post-norms), or None; the shortcuts apply it too."""
         return None
 
     def after_attention(self, block: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
