@@ -1,4 +1,5 @@
-"""SmolLM2-135M pruning benchmark: criterion × reconstruction × ratio × allocation.
+"""SmolLM2-135M (or ``--model gemma3``: Gemma-3-270M) pruning benchmark: criterion × reconstruction ×
+ratio × allocation.
 
 Prints a Markdown table of WikiText-2 test perplexity (lengths 128 and 512, on the first
 ``--eval-tokens`` tokens), achieved ratio, pruning wall time, peak memory and the time of one plain
@@ -6,7 +7,9 @@ forward pass over the same calibration data (the lower bound of our cost); write
 vs ratio. Calibration text is the embedded Wikipedia sample (disjoint from WikiText-2 test).
 Results accumulate in a JSON-lines file so an interrupted run resumes where it stopped. Global
 allocation's dense scoring pass runs once per criterion and is reused by every ratio and reconstruction;
-its time is added to each run it serves, so prune times are those of a single run.
+its time is added to each run it serves, so prune times are those of a single run. ``--whole-blocks``
+prunes each cell a second time with every block run whole (no residual shortcuts) and reports that
+perplexity and the largest logit difference between the two pruned models.
 
     python benchmarks/smollm2_pruning.py --ratios 0.2,0.5 --criteria magnitude,wanda-sp,flap \
         --reconstructions none,bias,liar
@@ -19,6 +22,7 @@ import copy
 import itertools
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +32,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from benchmarks.common import ResultLog, line_plot, markdown_table, peak_memory
 from reprune.data import calibration_ids
 from reprune.evaluation import perplexity, read_text_file
-from reprune.models import shared_data_dir, smollm2_path
+from reprune.models import resolve_model_dir, shared_data_dir
 from reprune import PruneConfig, global_scores, prune
 from reprune.adapters import get_adapter
 
@@ -56,7 +60,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--eval-tokens", type=int, default=16384, help="first N tokens of WikiText-2 test")
     p.add_argument("--eval-lens", default="128,512", type=lambda s: _split(s, int))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--tag", default="smollm2", help="results file name")
+    p.add_argument("--model", default="smollm2", choices=["smollm2", "gemma3"], help="bundled model")
+    p.add_argument("--whole-blocks", action="store_true",
+                   help="also prune each cell with whole-block propagation (no shortcuts) and compare")
+    p.add_argument("--tag", help="results file name (default: the model's name)")
     p.add_argument("--logged-only", action="store_true",
                    help="run nothing: table and plot of the grid's cells already in the results file")
     return p.parse_args()
@@ -73,8 +80,9 @@ def evaluate(model: torch.nn.Module, tokenizer: Any, text: str, args: argparse.N
 
 def main() -> None:
     args = parse_args()
+    args.tag = args.tag or args.model
     torch.manual_seed(0)
-    folder = smollm2_path()
+    folder = resolve_model_dir(args.model)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     dense = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     text = read_text_file(shared_data_dir() / "wikitext-2-raw" / "canonical" / "wiki.test.raw")
@@ -122,12 +130,22 @@ def main() -> None:
                 start = time.perf_counter()
                 model, report = prune(model, ids, config, progress=False, scores=scores)
                 seconds = time.perf_counter() - start + scoring_seconds
-            return {"method": label, "ratio": config.ratio, "achieved": report.parameters.ratio_prunable,
-                    "achieved_total": report.parameters.ratio_total, "prune_seconds": seconds,
-                    "scoring_seconds": scoring_seconds, "solve_seconds": report.timings.solve_seconds,
-                    "peak_mib": mem["peak_mib"], **evaluate(model, tokenizer, text, args)}
+            row = {"method": label, "ratio": config.ratio, "achieved": report.parameters.ratio_prunable,
+                   "achieved_total": report.parameters.ratio_total, "prune_seconds": seconds,
+                   "scoring_seconds": scoring_seconds, "solve_seconds": report.timings.solve_seconds,
+                   "peak_mib": mem["peak_mib"], **evaluate(model, tokenizer, text, args)}
+            if args.whole_blocks:
+                whole, _ = prune(copy.deepcopy(dense), ids, replace(config, shortcuts=False), progress=False,
+                                 scores=scores)
+                probe = ids[:4].to(args.device)
+                with torch.inference_mode():
+                    difference = (model(probe).logits - whole(probe).logits).abs().max().item()
+                row |= {"whole_max_logit_diff": difference,
+                        **{f"whole_{k}": v for k, v in evaluate(whole, tokenizer, text, args).items()}}
+            return row
 
-        return log.run(f"{label}-r{config.ratio}-{cal_tag}-{args.targets}-{args.eval_tokens}", job)
+        suffix = "-whole" if args.whole_blocks else ""
+        return log.run(f"{label}-r{config.ratio}-{cal_tag}-{args.targets}-{args.eval_tokens}{suffix}", job)
 
     grid = itertools.product(args.ratios, args.allocations, args.criteria, args.reconstructions, args.recoveries)
     for ratio, allocation, criterion, reconstruction, recovery in grid:
@@ -157,16 +175,19 @@ def main() -> None:
     columns = [("method", "method", "{}"), ("ratio", "ratio", "{:.0%}"), ("achieved", "achieved", "{:.1%}"),
                ("of all params", "achieved_total", "{:.1%}")]
     columns += [(f"ppl@{n}", f"ppl{n}", "{:.2f}") for n in args.eval_lens]
+    if args.whole_blocks:
+        columns += [(f"whole-block ppl@{n}", f"whole_ppl{n}", "{:.2f}") for n in args.eval_lens]
+        columns += [("max logit diff", "whole_max_logit_diff", "{:.1e}")]
     columns += [("prune s", "prune_seconds", "{:.1f}"), ("solve s", "solve_seconds", "{:.2f}"),
                 ("× forward", "cost_vs_forward", "{:.1f}"), ("peak MiB", "peak_mib", "{:.0f}")]
-    print(f"\nSmolLM2-135M, calibration {cal_tag}, WikiText-2 test first {args.eval_tokens} tokens, "
+    print(f"\n{args.model} ({folder.name}), calibration {cal_tag}, WikiText-2 test first {args.eval_tokens} tokens, "
           f"targets={args.targets}, device={args.device}; one forward pass over the calibration data: "
           f"{lower_bound:.1f} s\n")
     print(markdown_table(rows, columns))
-    plot(rows, RESULTS / f"{args.tag}-{cal_tag}-ppl-vs-ratio.png", max(args.eval_lens))
+    plot(rows, RESULTS / f"{args.tag}-{cal_tag}-ppl-vs-ratio.png", max(args.eval_lens), folder.name)
 
 
-def plot(rows: list[dict[str, Any]], path: Path, length: int) -> None:
+def plot(rows: list[dict[str, Any]], path: Path, length: int, title: str) -> None:
     """Perplexity vs achieved ratio: a panel per allocation/criterion (presets together), a line per
     reconstruction (and recovery), each starting at the dense model."""
     dense = [(0.0, r[f"ppl{length}"]) for r in rows if r["method"] == "dense" and f"ppl{length}" in r]
@@ -178,7 +199,7 @@ def plot(rows: list[dict[str, Any]], path: Path, length: int) -> None:
         panel, label = ("presets", row["method"]) if len(parts) < 3 else ("/".join(parts[:2]), "/".join(parts[2:]))
         panels.setdefault(panel, {}).setdefault(label, list(dense)).append((row["achieved"], row[f"ppl{length}"]))
     line_plot(dict(sorted(panels.items())), path, "fraction of prunable parameters removed",
-              f"WikiText-2 ppl@{length}", "SmolLM2-135M: structured pruning without retraining")
+              f"WikiText-2 ppl@{length}", f"{title}: structured pruning without retraining")
 
 
 if __name__ == "__main__":

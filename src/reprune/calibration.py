@@ -309,8 +309,8 @@ class CalibrationPath:
     pruned pre-norm FFN's tail gives the block's output directly. Either way no branch runs twice.
     """
 
-    def __init__(self, adapter: ModelAdapter, acts: Activations) -> None:
-        self.adapter, self.acts = adapter, acts
+    def __init__(self, adapter: ModelAdapter, acts: Activations, shortcuts: bool = True) -> None:
+        self.adapter, self.acts, self.shortcuts = adapter, acts, shortcuts
         self.block: nn.Module | None = None
         self.index = -1
         self.runner: nn.Module | AfterAttention | None = None
@@ -329,7 +329,7 @@ class CalibrationPath:
     def open_tail(self, kind: ModuleKind) -> None:
         """Before the ``kind`` module's statistics: keep its residual stream if the block allows a shortcut."""
         residual_of = self.adapter.attention_residual if kind == "attention" else self.adapter.ffn_residual
-        residual = residual_of(self.block)
+        residual = residual_of(self.block) if self.shortcuts else None
         self.tail = None if residual is None else ResidualTail(residual, self.adapter.post_branch(self.block, kind))
 
     def close_tail(self, kind: ModuleKind, kept: torch.Tensor | None) -> None:

