@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from reprune.preflight import read_text
+
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
@@ -66,7 +68,7 @@ def read_text_file(path: str | Path) -> str:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Text file not found: {path}. Pass the path of an existing .txt/.raw file.")
-    return path.read_text(encoding="utf-8")
+    return read_text(path)
 
 
 def perplexity(
