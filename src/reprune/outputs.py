@@ -173,15 +173,14 @@ def _remove_stale(out: Path) -> None:
 class OutputReservation:
     """The lock on one output folder, held from the checks before the work until the result is in place.
 
-    Re-entrant within a process: :func:`reserve_output` hands the same reservation to nested callers
-    (the CLI reserves before loading the model; ``save_pruned`` then writes under that reservation).
+    :func:`reserve_output` hands the same reservation to nested callers in this process (the CLI reserves
+    before loading the model; ``save_pruned`` then writes under that reservation).
     """
 
     def __init__(self, out: Path, overwrite: bool, inputs: tuple[Path, ...]) -> None:
         self.out, self.overwrite, self.inputs = out, overwrite, inputs
         self.lock_path = out.with_name(f".{out.name}.lock")
         self._fd: int | None = None
-        self.depth = 0
 
     def acquire(self) -> None:
         self.out.parent.mkdir(parents=True, exist_ok=True)
@@ -223,22 +222,22 @@ class OutputReservation:
         """A fresh folder beside the output to write into; it replaces the output only when the block ends
         without error, and is removed on any error, SIGINT or SIGTERM."""
         staging = _sibling(self.out, STAGING_TAG)
-        with sigterm_unwinds():
-            try:
-                staging.mkdir()  # mode 0o777 & ~umask, like any folder the user creates
-                yield staging
-                with signals_held():
-                    if self.out.exists():
-                        aside = _sibling(self.out, ASIDE_TAG)
-                        self.out.rename(aside)
-                        staging.rename(self.out)
-                        shutil.rmtree(aside)
-                    else:
-                        staging.rename(self.out)
-            except BaseException:
-                with signals_held():
-                    shutil.rmtree(staging, ignore_errors=True)
-                raise
+        try:
+            staging.mkdir()  # mode 0o777 & ~umask, like any folder the user creates
+            yield staging
+            check_output_dir(self.out, self.overwrite, self.inputs)  # nothing else put a folder there meanwhile
+            with signals_held():
+                if self.out.exists():
+                    aside = _sibling(self.out, ASIDE_TAG)
+                    self.out.rename(aside)
+                    staging.rename(self.out)
+                    shutil.rmtree(aside)
+                else:
+                    staging.rename(self.out)
+        except BaseException:
+            with signals_held():
+                shutil.rmtree(staging, ignore_errors=True)
+            raise
 
 
 _held: dict[Path, OutputReservation] = {}
@@ -247,21 +246,19 @@ _held: dict[Path, OutputReservation] = {}
 @contextlib.contextmanager
 def reserve_output(out_dir: str | Path, overwrite: bool = False,
                    inputs: Iterable[str | Path] = ()) -> Iterator[OutputReservation]:
-    """Check ``out_dir`` (see :func:`check_output_dir`) and lock it until the block ends."""
+    """Check ``out_dir`` (see :func:`check_output_dir`) and lock it until the block ends; meanwhile SIGTERM
+    unwinds like SIGINT, so the staging folder and the lock are removed whenever the run is stopped."""
     resolved = tuple(Path(p).resolve() for p in inputs)
     out = check_output_dir(out_dir, overwrite, resolved)
-    reservation = _held.get(out)
-    if reservation is None:
+    if out in _held:  # a nested call (save_pruned inside the CLI's reservation) writes under the same lock
+        yield _held[out]
+        return
+    with sigterm_unwinds():
         reservation = OutputReservation(out, overwrite, resolved)
         reservation.acquire()
         _held[out] = reservation
-    else:
-        _protect(out, resolved)
-    reservation.depth += 1
-    try:
-        yield reservation
-    finally:
-        reservation.depth -= 1
-        if reservation.depth == 0:
+        try:
+            yield reservation
+        finally:
             del _held[out]
             reservation.release()
