@@ -122,7 +122,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from reprune.checkpoint import save_pruned
     from reprune.outputs import reserve_output
     from reprune.pipeline import prune
-    from reprune.preflight import check_prune
+    from reprune.preflight import check_calibration_ids, check_prune
 
     config = build_config(args)
     source = resolve_model_dir(args.model)
@@ -130,6 +130,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     with reserve_output(args.out, args.overwrite, inputs=[source]):  # checked and locked before any work
         model, tokenizer, folder = load_model(args.model, args.dtype)
         ids = calibration_for(args, config, model, tokenizer)
+        check_calibration_ids(ids, model.get_input_embeddings().num_embeddings)
         model, report = prune(model, ids, config)
         report["input_model"] = str(folder)
         report["calibration"]["source"] = args.calib

@@ -210,20 +210,39 @@ def check_calibration_file(source: str, text_field: str) -> None:
         load_corpus(source, text_field=text_field)
 
 
-def check_prune(folder: Path, config: PruneConfig, dtype: str, calib: str, text_field: str) -> None:
-    """Every option of ``reprune prune`` that can be checked without loading the model."""
+def check_config(config: PruneConfig) -> None:
+    """The settings of a pruning run that need no model (ratio, counts, ridges, device)."""
     from reprune.allocation import check_ratio
 
-    model_config = read_model_config(folder)
     check_ratio(config.ratio)
     check_count("--num-samples", config.num_samples)
     check_count("--batch-size", config.batch_size)
-    check_seq_len("--seq-len", config.seq_len, model_config, folder)
     check_positive_float("--alpha", config.alpha)
     check_positive_float("--recovery-alpha", config.recovery_alpha)
     check_device(config.device)
+
+
+def check_prune(folder: Path, config: PruneConfig, dtype: str, calib: str, text_field: str) -> None:
+    """Every option of ``reprune prune`` that can be checked without loading the model."""
+    model_config = read_model_config(folder)
+    check_config(config)
+    check_seq_len("--seq-len", config.seq_len, model_config, folder)
     check_memory(model_config, config.num_samples, config.seq_len, dtype, config.device)
     check_calibration_file(calib, text_field)
+
+
+def check_calibration_ids(ids: object, vocab_size: int) -> None:
+    """Calibration input for ``prune``: a non-empty 2-D integer tensor of ids the model's embedding holds."""
+    if not isinstance(ids, torch.Tensor):
+        raise PreflightError(f"calibration ids must be a torch.Tensor of token ids, got {type(ids).__name__}")
+    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+        raise PreflightError(f"calibration ids must be integer token ids, got dtype {ids.dtype}")
+    if ids.ndim != 2 or ids.numel() == 0:
+        raise PreflightError(f"calibration ids must be a non-empty (samples, tokens) tensor, got shape {tuple(ids.shape)}")
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0 or high >= vocab_size:
+        raise PreflightError(f"calibration token ids span {low}..{high}, outside the model's vocabulary 0..{vocab_size - 1}: "
+                             "the tokenizer does not match the model; use the tokenizer saved with the model")
 
 
 def check_tasks(names: Iterable[str], limit: int | None) -> None:
