@@ -15,6 +15,7 @@ import json
 import multiprocessing
 import multiprocessing.forkserver
 import os
+import re
 import shutil
 import signal
 import stat
@@ -29,12 +30,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from reprune.checkpoint import load, save_pruned
 from reprune.outputs import UnsafeOutputError
 from reprune.pipeline import PruneConfig, prune
-from reprune.preflight import max_positions
+from reprune.preflight import PreflightError, check_calibration_ids, max_positions
 from tiny_models import calibration_batch, tiny_config, tiny_model
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tasks"
@@ -76,9 +77,12 @@ def _cli_child(argv: list[str], cwd: str, env: dict[str, str], logs: str, umask:
 
 
 def _install_pause(where: str, cwd: Path) -> None:
-    """``save``: right after the weights are written into the staging folder. ``replace``: inside the first
-    ``shutil.rmtree`` (a slow delete of a large folder), after removing one file of the folder it deletes."""
+    """``prune``: before pruning starts. ``save``: right after the weights are written into the staging
+    folder. ``replace``: inside the first ``shutil.rmtree`` (a slow delete of a large folder), after removing
+    one file of the folder it deletes."""
     import transformers
+
+    import reprune.pipeline
 
     def wait() -> None:
         (cwd / "PAUSED").touch()
@@ -86,7 +90,15 @@ def _install_pause(where: str, cwd: Path) -> None:
         while not (cwd / "GO").exists() and time.monotonic() < deadline:
             time.sleep(0.01)
 
-    if where == "save":
+    if where == "prune":
+        original_prune = reprune.pipeline.prune
+
+        def prune(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            wait()
+            return original_prune(*args, **kwargs)
+
+        reprune.pipeline.prune = prune
+    elif where == "save":
         original_save = transformers.PreTrainedModel.save_pretrained
 
         def save(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
@@ -292,7 +304,7 @@ def test_demo_refuses_before_any_work(cli: Cli, work: Path, args: list[str], mes
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-@pytest.mark.parametrize("out, pause", [("new", "save"), ("old", "save"), ("old", "replace")])
+@pytest.mark.parametrize("out, pause", [("new", "prune"), ("new", "save"), ("old", "save"), ("old", "replace")])
 def test_a_signal_while_writing_leaves_the_old_output_whole_or_the_new_one_complete(
         cli: Cli, work: Path, signum: int, out: str, pause: str) -> None:
     before, old = digest(work / "model"), digest(work / "old")
@@ -307,7 +319,7 @@ def test_a_signal_while_writing_leaves_the_old_output_whole_or_the_new_one_compl
     assert digest(work / "model") == before
     if out == "new":
         assert not (work / "new").exists()
-    elif pause == "save":
+    elif pause in ("prune", "save"):
         assert digest(work / "old") == old, "the old output must stay whole until the new one is complete"
     else:  # the signal came during the swap, which is not interruptible: the new output is in place
         complete_checkpoint(work / "old")
@@ -484,6 +496,18 @@ def test_eval_names_a_bad_task_file(cli: Cli, work: Path, content: str, message:
     assert result.code == 2 and message in result.err and "valid.jsonl" in result.err, result.err
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--ppl", "corpus.txt", "--batch-size", "0"], "--batch-size must be"),
+    (["--ppl", "corpus.txt", "--seq-len", "16,65"], "longer than the model's 64 positions"),
+    (["--tasks", "piqa", "--limit", "0"], "--limit must be"),
+    (["--ppl", "corpus.txt", "--seq-len", "16", "--json", "/proc/reprune-safety-test.json"], "cannot be written"),
+])
+def test_eval_refuses_bad_options_before_any_metric(cli: Cli, work: Path, args: list[str], message: str) -> None:
+    result = cli("eval", "--model", "model", *args)
+    assert result.code == 2 and message in result.err, result.err
+    assert "perplexity" not in result.out and "piqa" not in result.out
+
+
 def test_report_names_a_truncated_report(cli: Cli, work: Path) -> None:
     report = work / "old" / "reprune_report.json"
     report.write_text(report.read_text()[:200])
@@ -519,6 +543,29 @@ def test_the_real_command_line_refuses_to_replace_its_input(work: Path) -> None:
                              "--overwrite", *PRUNE], cwd=work, env=env, capture_output=True, text=True, timeout=120)
     assert_refused(Result(result.returncode, result.stdout, result.stderr), "is the input model", work, before,
                    work / "model")
+
+
+def test_prune_refuses_a_tokenizer_that_does_not_match_the_model(cli: Cli, work: Path) -> None:
+    config = tiny_config("llama")
+    config.vocab_size = 8  # the tokenizer has 23 tokens
+    LlamaForCausalLM(config).save_pretrained(work / "small")
+    tiny_tokenizer().save_pretrained(work / "small")
+    result = cli("prune", "--model", "small", "--out", "new", *PRUNE)
+    assert result.code == 2 and "outside the model's vocabulary 0..7" in result.err, result.err
+    assert not (work / "new").exists() and leftovers(work) == []
+
+
+@pytest.mark.parametrize("ids, message", [
+    ([[1, 2, 3]], "must be a torch.Tensor"),
+    (torch.ones(2, 4), "integer token ids"),
+    (torch.ones(8, dtype=torch.long), "(samples, tokens)"),
+    (torch.ones(0, 4, dtype=torch.long), "non-empty"),
+    (torch.tensor([[1, 200]]), "span 1..200"),
+    (torch.tensor([[-1, 2]]), "span -1..2"),
+])
+def test_calibration_ids_are_checked_with_a_clear_error(ids: object, message: str) -> None:
+    with pytest.raises(PreflightError, match=re.escape(message)):
+        check_calibration_ids(ids, vocab_size=128)
 
 
 def test_save_pruned_never_replaces_the_folder_the_model_came_from(work: Path) -> None:
