@@ -2,7 +2,7 @@
 
 Every case runs the command line in a process of its own on a tiny random LLaMA. The processes fork from
 one server (``multiprocessing``'s forkserver, started with ``sys.executable`` and this environment) that has
-imported reprune once, so some forty runs take seconds instead of minutes; each still has its own exit
+imported reprune once, so some fifty runs take seconds instead of minutes; each still has its own exit
 code, working folder, environment, umask, stdin and signals. One test runs ``python -m reprune.cli``
 itself. For each refusal: exit code 2, a message naming the problem, no staging, lock or probe entry left
 beside the output, and the input folder's bytes unchanged.
@@ -22,9 +22,10 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -65,7 +66,7 @@ def _cli_child(argv: list[str], cwd: str, env: dict[str, str], logs: str, umask:
     os.environ.update(env)
     os.umask(umask)
     Path(logs, "stdin").write_text(stdin)
-    sys.stdin = open(Path(logs, "stdin"))  # noqa: SIM115 (lives as long as the process)
+    sys.stdin = open(Path(logs, "stdin"))  # noqa: SIM115 (open for the life of the process)
     for fd, name in ((1, "stdout"), (2, "stderr")):
         target = os.open(Path(logs, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(target, fd)
@@ -93,7 +94,7 @@ def _install_pause(where: str, cwd: Path) -> None:
     if where == "prune":
         original_prune = reprune.pipeline.prune
 
-        def prune(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        def prune(*args: Any, **kwargs: Any) -> Any:
             wait()
             return original_prune(*args, **kwargs)
 
@@ -101,7 +102,7 @@ def _install_pause(where: str, cwd: Path) -> None:
     elif where == "save":
         original_save = transformers.PreTrainedModel.save_pretrained
 
-        def save(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        def save(self: Any, *args: Any, **kwargs: Any) -> None:
             original_save(self, *args, **kwargs)
             wait()
 
@@ -109,7 +110,7 @@ def _install_pause(where: str, cwd: Path) -> None:
     else:
         original_rmtree = shutil.rmtree
 
-        def rmtree(path, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        def rmtree(path: str | Path, *args: Any, **kwargs: Any) -> None:
             shutil.rmtree = original_rmtree
             first = next((p for p in sorted(Path(path).iterdir()) if p.is_file()), None)
             if first is not None:
@@ -123,13 +124,24 @@ def _install_pause(where: str, cwd: Path) -> None:
 @pytest.fixture(scope="module")
 def forkserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[multiprocessing.context.BaseContext]:
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["reprune.cli", "reprune.checkpoint", "test_safety"])
-    with pytest.MonkeyPatch.context() as patch:  # read when transformers is imported
-        for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    context.set_forkserver_preload(["reprune.cli", "reprune.checkpoint", "reprune.evaluation", "test_safety",
+                                    "transformers.models.auto.tokenization_auto", "transformers.models.llama"])
+    with pytest.MonkeyPatch.context() as patch:  # read when transformers and tqdm are imported
+        for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TQDM_DISABLE"):
             patch.setenv(key, "1")
         patch.setenv("HF_MODULES_CACHE", str(tmp_path_factory.mktemp("hf_modules")))  # remote code would land here
         multiprocessing.forkserver.ensure_running()
     yield context
+
+
+@dataclass
+class Running:
+    process: multiprocessing.process.BaseProcess
+    logs: Path
+
+    def log(self, name: str) -> str:
+        path = self.logs / name
+        return path.read_text() if path.exists() else ""
 
 
 class Cli:
@@ -138,38 +150,36 @@ class Cli:
     def __init__(self, context: multiprocessing.context.BaseContext, cwd: Path, env: dict[str, str]) -> None:
         self.context, self.cwd, self.env, self.count = context, cwd, env, 0
 
-    def start(self, *argv: str, umask: int = 0o022, stdin: str = "", pause: str | None = None):
+    def start(self, *argv: str, umask: int = 0o022, stdin: str = "", pause: str | None = None) -> Running:
         self.count += 1
         logs = self.cwd.parent / f"logs-{self.cwd.name}-{self.count}"
         logs.mkdir()
         process = self.context.Process(target=_cli_child, args=(list(argv), str(self.cwd), self.env, str(logs), umask,
                                                                   stdin, pause))
         process.start()
-        process.logs = logs
-        return process
+        return Running(process, logs)
 
     @staticmethod
-    def finish(process, timeout: float = 60) -> Result:  # noqa: ANN001
-        process.join(timeout)
-        if process.is_alive():
-            process.kill()
-            process.join()
+    def finish(run: Running, timeout: float = 60) -> Result:
+        run.process.join(timeout)
+        if run.process.is_alive():
+            run.process.kill()
+            run.process.join()
             pytest.fail(f"reprune did not finish within {timeout} s (it should have refused at once)")
-        read = lambda name: (process.logs / name).read_text() if (process.logs / name).exists() else ""  # noqa: E731
-        return Result(process.exitcode, read("stdout"), read("stderr"))
+        return Result(run.process.exitcode, run.log("stdout"), run.log("stderr"))
 
-    def __call__(self, *argv: str, timeout: float = 60, **kwargs) -> Result:  # noqa: ANN003
-        return self.finish(self.start(*argv, **kwargs), timeout)
+    def __call__(self, *argv: str, timeout: float = 60, umask: int = 0o022, stdin: str = "") -> Result:
+        return self.finish(self.start(*argv, umask=umask, stdin=stdin), timeout)
 
-    def paused(self, *argv: str, pause: str):  # noqa: ANN201
+    def paused(self, *argv: str, pause: str) -> Running:
         """Start a run and wait until it reaches ``pause``."""
-        process = self.start(*argv, pause=pause)
+        run = self.start(*argv, pause=pause)
         deadline = time.monotonic() + 60
         while not (self.cwd / "PAUSED").exists():
-            assert process.is_alive(), f"exited with {process.exitcode} before {pause}: {self.finish(process)}"
+            assert run.process.is_alive(), f"exited before {pause}: {self.finish(run)}"
             assert time.monotonic() < deadline, f"never reached {pause}"
             time.sleep(0.01)
-        return process
+        return run
 
     def go(self) -> None:
         (self.cwd / "GO").touch()
@@ -213,7 +223,7 @@ def work(templates: Path, tmp_path: Path) -> Path:
 
 @pytest.fixture()
 def cli(forkserver: multiprocessing.context.BaseContext, work: Path) -> Cli:
-    return Cli(forkserver, work, {"REPRUNE_SHARED_DATA": str(work / "shared"), "TQDM_DISABLE": "1"})
+    return Cli(forkserver, work, {"REPRUNE_SHARED_DATA": str(work / "shared")})
 
 
 def digest(root: Path) -> dict[str, str]:
@@ -308,12 +318,13 @@ def test_demo_refuses_before_any_work(cli: Cli, work: Path, args: list[str], mes
 def test_a_signal_while_writing_leaves_the_old_output_whole_or_the_new_one_complete(
         cli: Cli, work: Path, signum: int, out: str, pause: str) -> None:
     before, old = digest(work / "model"), digest(work / "old")
-    process = cli.paused("prune", "--model", "model", "--out", out, "--overwrite", *PRUNE, pause=pause)
+    run = cli.paused("prune", "--model", "model", "--out", out, "--overwrite", *PRUNE, pause=pause)
     if pause == "save":
         assert any(".partial-" in name for name in leftovers(work)), "the staging folder should exist now"
-    os.kill(process.pid, signum)
+    os.kill(run.process.pid, signum)
+    run.process.join(0.5)  # a run that can stop now has stopped; one holding the signal back goes on
     cli.go()
-    result = cli.finish(process)
+    result = cli.finish(run)
     assert result.code != 0
     assert leftovers(work) == [], "staging, aside or lock left behind"
     assert digest(work / "model") == before
@@ -472,8 +483,8 @@ def _remove_weights(work: Path) -> None:
     ([], _truncate_config, "config.json, line"),
     ([], _remove_weights, "has no weights"),
 ])
-def test_prune_refuses_bad_options_before_loading_the_model(cli: Cli, work: Path, args: list[str], change,  # noqa: ANN001
-                                                            message: str) -> None:
+def test_prune_refuses_bad_options_before_loading_the_model(cli: Cli, work: Path, args: list[str],
+                                                            change: Callable[[Path], None] | None, message: str) -> None:
     (work / "a-file").write_text("not a folder")
     if change is not None:
         change(work)
