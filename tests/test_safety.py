@@ -466,6 +466,11 @@ def _remove_weights(work: Path) -> None:
     (work / "model" / "model.safetensors").unlink()
 
 
+def _corrupt_weights(work: Path) -> None:
+    """Loading the model would fail: a refusal that names an option proves the option was checked first."""
+    (work / "model" / "model.safetensors").write_bytes(b"not safetensors")
+
+
 @pytest.mark.parametrize("args, change, message", [
     (["--out", "a-file", "--overwrite"], None, "is an existing file"),
     (["--out", "/proc/reprune-safety-test"], None, "cannot be written"),
@@ -482,6 +487,8 @@ def _remove_weights(work: Path) -> None:
     (["--calib", "latin1.txt"], _latin1_corpus, "latin1.txt, line 3"),
     ([], _truncate_config, "config.json, line"),
     ([], _remove_weights, "has no weights"),
+    (["--keep-first", "2", "--keep-last", "1"], _corrupt_weights, "leave no block to prune out of 3"),
+    (["--criterion", "head-similarity", "--targets", "ffn"], _corrupt_weights, "cannot score ffn units"),
 ])
 def test_prune_refuses_bad_options_before_loading_the_model(cli: Cli, work: Path, args: list[str],
                                                             change: Callable[[Path], None] | None, message: str) -> None:

@@ -27,6 +27,7 @@ class PreflightError(ValueError):
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "n_ctx")
+LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
 DTYPE_BYTES = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2}
 # Activations alive at once per calibration token during pruning, in units of the hidden width: a block's
 # input, its output, the residual stream kept for the branch, plus the widest level-2 input (counted apart).
@@ -125,7 +126,15 @@ def check_count(option: str, value: int | None, minimum: int = 1) -> None:
         raise PreflightError(f"{option} must be an integer ≥ {minimum}, got {value!r}")
 
 
+def num_layers(config: dict[str, Any]) -> int | None:
+    """The number of transformer blocks, when the config states it."""
+    config = _text_config(config)
+    values = [config[key] for key in LAYER_KEYS if isinstance(config.get(key), int) and config[key] > 0]
+    return values[0] if values else None
+
+
 def check_seq_len(option: str, seq_len: int, config: dict[str, Any], folder: Path) -> None:
+    """A window length of at least 2 tokens that the model's position embeddings can hold."""
     check_count(option, seq_len, 2)
     limit = max_positions(config)
     if limit is not None and seq_len > limit:
@@ -134,6 +143,7 @@ def check_seq_len(option: str, seq_len: int, config: dict[str, Any], folder: Pat
 
 
 def check_positive_float(option: str, value: float | None) -> None:
+    """A ridge or similar (``None`` = not given): negative or NaN values would be accepted and go wrong later."""
     if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
         raise PreflightError(f"{option} must be a finite number > 0, got {value!r}")
 
@@ -226,6 +236,9 @@ def check_prune(folder: Path, config: PruneConfig, dtype: str, calib: str, text_
     """Every option of ``reprune prune`` that can be checked without loading the model."""
     model_config = read_model_config(folder)
     check_config(config)
+    blocks = num_layers(model_config)
+    if blocks is not None:  # keep_first/keep_last, criteria against targets: the pipeline's own rules
+        config.fitted(blocks).validate(blocks)
     check_seq_len("--seq-len", config.seq_len, model_config, folder)
     check_memory(model_config, config.num_samples, config.seq_len, dtype, config.device)
     check_calibration_file(calib, text_field)
