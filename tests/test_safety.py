@@ -226,6 +226,11 @@ def cli(forkserver: multiprocessing.context.BaseContext, work: Path) -> Cli:
     return Cli(forkserver, work, {"REPRUNE_SHARED_DATA": str(work / "shared")})
 
 
+def _corrupt_weights(work: Path) -> None:
+    """Loading the model would fail: a refusal that names the option proves it was checked before loading."""
+    (work / "model" / "model.safetensors").write_bytes(b"not safetensors")
+
+
 def digest(root: Path) -> dict[str, str]:
     """Every file's and folder's relative path with its sha256 (folders: 'dir'); a file is not a folder."""
     if root.is_file():
@@ -371,6 +376,7 @@ def test_a_second_run_on_the_same_output_fails_clearly(cli: Cli, work: Path) -> 
 
 
 def test_eval_checks_every_task_before_loading_the_model(cli: Cli, work: Path) -> None:
+    _corrupt_weights(work)
     result = cli("eval", "--model", "model", "--ppl", "corpus.txt", "--seq-len", "16", "--tasks", "piqa,nosuchtask",
                  "--json", "results.json")
     assert result.code == 2 and "nosuchtask" in result.err, result.err
@@ -466,11 +472,6 @@ def _remove_weights(work: Path) -> None:
     (work / "model" / "model.safetensors").unlink()
 
 
-def _corrupt_weights(work: Path) -> None:
-    """Loading the model would fail: a refusal that names an option proves the option was checked first."""
-    (work / "model" / "model.safetensors").write_bytes(b"not safetensors")
-
-
 @pytest.mark.parametrize("args, change, message", [
     (["--out", "a-file", "--overwrite"], None, "is an existing file"),
     (["--out", "/proc/reprune-safety-test"], None, "cannot be written"),
@@ -487,12 +488,13 @@ def _corrupt_weights(work: Path) -> None:
     (["--calib", "latin1.txt"], _latin1_corpus, "latin1.txt, line 3"),
     ([], _truncate_config, "config.json, line"),
     ([], _remove_weights, "has no weights"),
-    (["--keep-first", "2", "--keep-last", "1"], _corrupt_weights, "leave no block to prune out of 3"),
-    (["--criterion", "head-similarity", "--targets", "ffn"], _corrupt_weights, "cannot score ffn units"),
+    (["--keep-first", "2", "--keep-last", "1"], None, "leave no block to prune out of 3"),
+    (["--criterion", "head-similarity", "--targets", "ffn"], None, "cannot score ffn units"),
 ])
 def test_prune_refuses_bad_options_before_loading_the_model(cli: Cli, work: Path, args: list[str],
                                                             change: Callable[[Path], None] | None, message: str) -> None:
     (work / "a-file").write_text("not a folder")
+    _corrupt_weights(work)
     if change is not None:
         change(work)
     before = digest(work / "model"), digest(work / "a-file")
@@ -510,6 +512,7 @@ def test_prune_refuses_bad_options_before_loading_the_model(cli: Cli, work: Path
 def test_eval_names_a_bad_task_file(cli: Cli, work: Path, content: str, message: str) -> None:
     (work / "shared" / "piqa" / "valid.jsonl").write_text(content)
     (work / "shared" / "piqa" / "valid-labels.lst").write_text("0\n" if content else "")
+    _corrupt_weights(work)
     result = cli("eval", "--model", "model", "--tasks", "piqa", "--limit", "2")
     assert result.code == 2 and message in result.err and "valid.jsonl" in result.err, result.err
 
@@ -521,6 +524,7 @@ def test_eval_names_a_bad_task_file(cli: Cli, work: Path, content: str, message:
     (["--ppl", "corpus.txt", "--seq-len", "16", "--json", "/proc/reprune-safety-test.json"], "cannot be written"),
 ])
 def test_eval_refuses_bad_options_before_any_metric(cli: Cli, work: Path, args: list[str], message: str) -> None:
+    _corrupt_weights(work)
     result = cli("eval", "--model", "model", *args)
     assert result.code == 2 and message in result.err, result.err
     assert "perplexity" not in result.out and "piqa" not in result.out
