@@ -58,6 +58,7 @@ def is_checkpoint(folder: Path) -> bool:
 
 
 def _protect(out: Path, inputs: Iterable[str | Path]) -> None:
+    """Refuse an output that is, holds or lies inside an input folder: writing there would modify the input."""
     for item in inputs:
         source = Path(item).resolve()
         if out == source or out in source.parents:
@@ -133,7 +134,7 @@ def signals_held() -> Iterator[None]:
         yield
     finally:
         for signum, handler in previous.items():
-            signal.signal(signum, handler)
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
         for signum in pending:
             signal.raise_signal(signum)
 
@@ -152,7 +153,7 @@ def sigterm_unwinds() -> Iterator[None]:
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def _sibling(out: Path, tag: str) -> Path:
