@@ -522,6 +522,7 @@ def test_eval_names_a_bad_task_file(cli: Cli, work: Path, content: str, message:
     (["--ppl", "corpus.txt", "--seq-len", "16,65"], "longer than the model's 64 positions"),
     (["--tasks", "piqa", "--limit", "0"], "--limit must be"),
     (["--ppl", "corpus.txt", "--seq-len", "16", "--json", "/proc/reprune-safety-test.json"], "cannot be written"),
+    (["--ppl", "corpus.txt", "--seq-len", "16", "--sts"], "GLUE TSV file not found"),  # no glue/ in shared/
 ])
 def test_eval_refuses_bad_options_before_any_metric(cli: Cli, work: Path, args: list[str], message: str) -> None:
     _corrupt_weights(work)

@@ -149,9 +149,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     source = resolve_model_dir(args.model)
     tasks = [t for t in (args.tasks or "").split(",") if t]
-    check_eval(source, ppl=args.ppl, seq_lens=args.seq_len, tasks=tasks, limit=args.limit, batch_size=args.batch_size,
-               max_windows=args.max_windows, speed_batch=args.speed_batch, speed_len=args.speed_len,
-               device=args.device, json_path=args.json)
+    check_eval(source, ppl=args.ppl, seq_lens=args.seq_len, tasks=tasks, sts=args.sts, limit=args.limit,
+               batch_size=args.batch_size, max_windows=args.max_windows, speed_batch=args.speed_batch,
+               speed_len=args.speed_len, device=args.device, json_path=args.json)
     target = Path(args.json) if args.json else None
     if target is None and (source / "reprune_report.json").exists():
         target = source / "reprune_eval.json"  # beside the checkpoint, where `reprune report` looks

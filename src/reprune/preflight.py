@@ -290,10 +290,12 @@ def check_demo(ratio: float, device: str | None, out: str | Path) -> None:
     check_output_dir(out, overwrite=True)
 
 
-def check_eval(folder: Path, *, ppl: str | None, seq_lens: list[int], tasks: list[str], limit: int | None,
+def check_eval(folder: Path, *, ppl: str | None, seq_lens: list[int], tasks: list[str], sts: bool, limit: int | None,
                batch_size: int, max_windows: int | None, speed_batch: int, speed_len: int, device: str | None,
                json_path: str | None) -> None:
     """Every option and file of ``reprune eval``, so nothing fails after a metric has been computed."""
+    from reprune.evaluation.encoder import STSB_DEV, read_glue_tsv
+    from reprune.models import shared_data_dir
     from reprune.outputs import probe_writable
 
     model_config = read_model_config(folder)
@@ -307,6 +309,8 @@ def check_eval(folder: Path, *, ppl: str | None, seq_lens: list[int], tasks: lis
         for seq_len in seq_lens:
             check_seq_len("--seq-len", seq_len, model_config, folder)
     check_tasks(tasks, limit)
+    if sts and len(read_glue_tsv(shared_data_dir() / STSB_DEV, limit)) < 2:
+        raise PreflightError(f"{shared_data_dir() / STSB_DEV} holds fewer than 2 sentence pairs; restore it or raise --limit")
     check_device(device)
     if json_path is not None:
         target = Path(json_path).resolve()
