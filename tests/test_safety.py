@@ -34,6 +34,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from reprune.checkpoint import load, save_pruned
+from reprune.evaluation import perplexity
 from reprune.outputs import UnsafeOutputError
 from reprune.pipeline import PruneConfig, prune
 from reprune.preflight import PreflightError, check_calibration_ids, max_positions
@@ -604,3 +605,10 @@ def test_save_pruned_never_replaces_the_folder_the_model_came_from(work: Path) -
 def test_max_positions_reads_every_family() -> None:
     for family in ("llama", "gpt2", "opt", "bert"):
         assert max_positions(tiny_config(family).to_dict()) == 64
+
+
+def test_the_library_refuses_a_missing_device_with_the_cli_message(work: Path) -> None:
+    with pytest.raises(PreflightError, match="cuda:99"):
+        load(work / "model", device="cuda:99")
+    with pytest.raises(PreflightError, match="cuda:99"):
+        perplexity(load(work / "model"), tiny_tokenizer(), CORPUS, seq_len=16, device="cuda:99")

@@ -23,7 +23,7 @@ from transformers.pytorch_utils import Conv1D
 from reprune.adapters import ModelAdapter, get_adapter
 from reprune.outputs import REPORT_FILE, OutputExistsError, check_output_dir, reserve_output  # noqa: F401
 from reprune.pipeline import layer_shapes
-from reprune.preflight import PreflightError, read_model_config
+from reprune.preflight import PreflightError, check_device, read_model_config
 from reprune.remote_code import modeling_reprune
 
 REMOTE_FILE = "modeling_reprune.py"
@@ -144,6 +144,7 @@ def load(model_dir: str | Path, dtype: torch.dtype | str | None = None, device: 
     """
     path = Path(model_dir)
     read_model_config(path)
+    check_device(device)
     config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=False)
     architecture = (config.architectures or [None])[0]
     if architecture is None or not hasattr(transformers, architecture):

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from reprune.preflight import read_text
+from reprune.preflight import check_device, read_text
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -31,6 +31,7 @@ def prepare_model(model: nn.Module, device: str | torch.device | None) -> torch.
     With ``device=None`` the model stays where it is (the device of its first parameter, CPU if none).
     """
     if device is not None:
+        check_device(str(device))
         target = torch.device(device)
         model.to(target)
         return target
