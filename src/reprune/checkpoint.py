@@ -156,7 +156,8 @@ def load(model_dir: str | Path, dtype: torch.dtype | str | None = None, device: 
     try:
         model = cls.from_pretrained(path, config=config, **kwargs)
     except pickle.UnpicklingError as err:
-        reason = next((line for line in str(err).splitlines() if "GLOBAL" in line), str(err).splitlines()[0])
+        lines = str(err).splitlines() or ["(no reason given)"]
+        reason = next((line for line in lines if "GLOBAL" in line), lines[0])
         pickles = ", ".join(sorted(p.name for p in path.glob("*.bin"))) or "the weights file"
         raise PickleCheckpointError(
             f"{path}: {pickles} is a pickle that torch's safe (weights-only) loader refused: {reason} reprune never "
