@@ -264,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     except KNOWN_ERRORS as err:
         print(f"reprune {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # staging folders are already gone: say so instead of a traceback
+        print(f"reprune {args.command}: interrupted; no partial output was left", file=sys.stderr)
+        return 130
     print(f"done in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     return code
 
