@@ -125,7 +125,7 @@ def _install_pause(where: str, cwd: Path) -> None:
 @pytest.fixture(scope="module")
 def forkserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[multiprocessing.context.BaseContext]:
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["reprune.cli", "reprune.checkpoint", "reprune.evaluation", "test_safety",
+    context.set_forkserver_preload(["test_safety", "reprune.cli", "reprune.evaluation", "reprune.data",
                                     "transformers.models.auto.tokenization_auto", "transformers.models.llama"])
     with pytest.MonkeyPatch.context() as patch:  # read when transformers and tqdm are imported
         for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TQDM_DISABLE"):
