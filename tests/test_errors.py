@@ -67,7 +67,7 @@ def test_unknown_criterion_and_reconstruction(ids):
 
 
 def test_empty_calibration(ids):
-    with pytest.raises(ValueError, match="calibration_ids"):
+    with pytest.raises(ValueError, match="calibration ids must be a non-empty"):
         prune(tiny_model("opt"), ids[:0], PruneConfig(), progress=False)
 
 
@@ -185,6 +185,7 @@ def test_save_with_overwrite_replaces_folder(pruned, tmp_path):
     out = tmp_path / "existing"
     out.mkdir()
     (out / "old.txt").write_text("old")
+    (out / "reprune_report.json").write_text("{}")  # only a reprune checkpoint may be replaced
     save_pruned(model, None, out, report, overwrite=True)
     assert not (out / "old.txt").exists() and (out / "config.json").exists()
     assert folder_entries(tmp_path) == ["existing"]
@@ -213,10 +214,11 @@ def test_failure_during_overwrite_keeps_old_folder(pruned, tmp_path, monkeypatch
     out = tmp_path / "out"
     out.mkdir()
     (out / "old.txt").write_text("old")
+    (out / "reprune_report.json").write_text("{}")
     monkeypatch.setattr(model, "save_pretrained", _fail)
     with pytest.raises(Boom):
         save_pruned(model, None, out, report, overwrite=True)
-    assert folder_entries(out) == ["old.txt"] and (out / "old.txt").read_text() == "old"
+    assert folder_entries(out) == ["old.txt", "reprune_report.json"] and (out / "old.txt").read_text() == "old"
     assert folder_entries(tmp_path) == ["out"]
 
 

@@ -3,15 +3,15 @@
 A uniformly pruned model whose sizes the config can state loads with plain transformers. Otherwise
 the config carries a ``reprune_manifest`` of the changed projection shapes, and a small modelling file
 in the folder makes it load with ``trust_remote_code=True`` (or with :func:`load`) without reprune.
-Output is written to a temporary folder and moved into place only when complete.
+Output goes through :mod:`reprune.outputs` (locked, staged beside the target, swapped in when complete).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import pickle
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,8 @@ from transformers.models.auto import modeling_auto
 from transformers.pytorch_utils import Conv1D
 
 from reprune.adapters import ModelAdapter, get_adapter
+from reprune.outputs import OutputExistsError, check_output_dir, reserve_output  # noqa: F401  (re-exported)
+from reprune.preflight import PreflightError, check_device, read_model_config
 from reprune.record import REMOTE_FILE, RunRecord
 from reprune.remote_code import modeling_reprune
 
@@ -35,18 +37,6 @@ AUTO_MAPPINGS = (
 # the config fields a checkpoint's ``config.reprune`` summary repeats from the record
 SUMMARY_FIELDS = ("ratio", "criterion", "attention_criterion", "ffn_criterion", "reconstruction", "recovery",
                   "allocation", "targets", "gqa_mode")
-
-
-class OutputExistsError(FileExistsError):
-    """The output folder exists and overwriting was not asked for."""
-
-
-def check_output_dir(out_dir: str | Path, overwrite: bool) -> Path:
-    """Fail early, before any work, if ``out_dir`` exists and may not be replaced."""
-    out = Path(out_dir)
-    if out.exists() and not overwrite:
-        raise OutputExistsError(f"Output folder {out} already exists; choose another --out or pass --overwrite")
-    return out
 
 
 def _shape_spec(module: nn.Module) -> dict[str, Any]:
@@ -125,41 +115,54 @@ def finalise_config(model: nn.Module, pruning_summary: dict[str, Any]) -> bool:
 
 def save_pruned(model: nn.Module, tokenizer: Any, out_dir: str | Path, record: RunRecord | None = None,
                 overwrite: bool = False) -> Path:
-    """Write the pruned model atomically: a temporary sibling folder is renamed into place when complete."""
-    out = check_output_dir(out_dir, overwrite).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    summary = {} if record is None else {key: getattr(record.config, key) for key in SUMMARY_FIELDS}
-    is_plain = finalise_config(model, summary)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
-        model.save_pretrained(staging)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(staging)
-        if not is_plain:
-            shutil.copyfile(Path(modeling_reprune.__file__), staging / REMOTE_FILE)
-        if record is not None:
-            dataclasses.replace(record, plain_transformers=is_plain).write(staging)
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return out
+    """Write the pruned model atomically (see :mod:`reprune.outputs`); the folder the model was loaded
+    from, and any folder holding it, is never replaced."""
+    source = Path(getattr(model.config, "name_or_path", "") or "")
+    inputs = [source] if str(source) and source.is_dir() else []
+    with reserve_output(out_dir, overwrite, inputs) as reservation:
+        summary = {} if record is None else {key: getattr(record.config, key) for key in SUMMARY_FIELDS}
+        is_plain = finalise_config(model, summary)
+        with reservation.staging() as staging:
+            model.save_pretrained(staging)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(staging)
+            if not is_plain:
+                shutil.copyfile(Path(modeling_reprune.__file__), staging / REMOTE_FILE)
+            if record is not None:
+                dataclasses.replace(record, plain_transformers=is_plain).write(staging)
+        return reservation.out
+
+
+class PickleCheckpointError(PreflightError):
+    """The weights are a pickle that torch's safe (weights-only) loader refuses."""
 
 
 def load(model_dir: str | Path, dtype: torch.dtype | str | None = None, device: str | None = None) -> nn.Module:
-    """Load any reprune checkpoint (plain or per-layer sizes) or an ordinary Hugging Face folder."""
+    """Load any reprune checkpoint (plain or per-layer sizes) or an ordinary Hugging Face folder.
+
+    Code in the folder is never run: reprune's own per-layer checkpoints load with reprune's copy of
+    ``modeling_reprune``, everything else with the transformers class that ``config.architectures`` names.
+    """
     path = Path(model_dir)
-    if not (path / "config.json").exists():
-        raise FileNotFoundError(f"{path} is not a model folder (no config.json)")
-    config = transformers.AutoConfig.from_pretrained(path)
+    read_model_config(path)
+    check_device(device)
+    config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=False)
     architecture = (config.architectures or [None])[0]
     if architecture is None or not hasattr(transformers, architecture):
         raise ValueError(f"{path}: config.architectures does not name a transformers class ({architecture!r})")
     cls = getattr(transformers, architecture)
     if getattr(config, "reprune_manifest", None):
         cls = getattr(modeling_reprune, f"Reprune{architecture}")
-    kwargs: dict[str, Any] = {"dtype": dtype or "auto"}
-    model = cls.from_pretrained(path, config=config, **kwargs)
+    kwargs: dict[str, Any] = {"dtype": dtype or "auto", "trust_remote_code": False}
+    try:
+        model = cls.from_pretrained(path, config=config, **kwargs)
+    except pickle.UnpicklingError as err:
+        lines = str(err).splitlines() or ["(no reason given)"]
+        reason = next((line for line in lines if "GLOBAL" in line), lines[0])
+        pickles = ", ".join(sorted(p.name for p in path.glob("*.bin"))) or "the weights file"
+        raise PickleCheckpointError(
+            f"{path}: {pickles} is a pickle that torch's safe (weights-only) loader refused: {reason} reprune never "
+            "unpickles arbitrary objects, which can run code. If you trust the file, convert it once to safetensors, "
+            "e.g. python -c \"import torch, safetensors.torch as s; s.save_file(torch.load('pytorch_model.bin', "
+            "weights_only=False), 'model.safetensors')\" in the folder, then remove the .bin file.") from None
     return model.to(device) if device else model

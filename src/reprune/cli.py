@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ from reprune.config import PruneConfig
 from reprune.criteria import CRITERIA
 from reprune.data import CorpusError
 from reprune.reconstruction import RECONSTRUCTIONS
+from reprune.models import resolve_model_dir
 from reprune.record import EVAL_FILE, RECORD_FILE
 from reprune.recovery import RECOVERIES
 
@@ -86,49 +86,68 @@ def cmd_prune(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from reprune import evaluation
     from reprune.models import load_model
+    from reprune.outputs import write_json
+    from reprune.preflight import check_eval
 
+    source = resolve_model_dir(args.model)
+    tasks = [t for t in (args.tasks or "").split(",") if t]
+    check_eval(source, ppl=args.ppl, seq_lens=args.seq_len, tasks=tasks, sts=args.sts, limit=args.limit,
+               batch_size=args.batch_size, max_windows=args.max_windows, speed_batch=args.speed_batch,
+               speed_len=args.speed_len, device=args.device, json_path=args.json)
+    target = Path(args.json) if args.json else None
+    if target is None and (source / RECORD_FILE).exists():
+        target = source / EVAL_FILE  # beside the checkpoint, where `reprune report` looks
     model, tokenizer, folder = load_model(args.model, args.dtype, args.device)
     results: dict[str, Any] = {"model": str(folder), "parameters": sum(p.numel() for p in model.parameters()),
                                "bytes_on_disk": evaluation.directory_size(folder)}
+
+    def record(key: str, value: Any) -> None:
+        """Keep each metric as soon as it is computed: a later failure loses nothing."""
+        results[key] = value
+        if target is not None:
+            write_json(target, results)
+
     if args.ppl:
         text = evaluation.read_text_file(args.ppl)
         for seq_len in args.seq_len:
             r = evaluation.perplexity(model, tokenizer, text, seq_len=seq_len, batch_size=args.batch_size,
                                       max_windows=args.max_windows, device=args.device)
-            results[f"ppl@{seq_len}"] = r
+            record(f"ppl@{seq_len}", r)
             print(f"perplexity ({Path(args.ppl).name}, length {seq_len}): {r['ppl']:.3f}")
-    if args.tasks:
-        tasks = [t for t in args.tasks.split(",") if t]
-        results["tasks"] = evaluation.evaluate_tasks(model, tokenizer, tasks, limit=args.limit,
-                                                     batch_size=args.batch_size, device=args.device)
-        for name, r in results["tasks"].items():
-            print(f"{name}: " + ", ".join(f"{k}={v:.4f}" for k, v in r.items() if isinstance(v, float)))
+    for task in tasks:
+        r = evaluation.evaluate_tasks(model, tokenizer, [task], limit=args.limit, batch_size=args.batch_size,
+                                      device=args.device)[task]
+        record("tasks", {**results.get("tasks", {}), task: r})
+        print(f"{task}: " + ", ".join(f"{k}={v:.4f}" for k, v in r.items() if isinstance(v, float)))
     if args.sts:
-        results["sts"] = evaluation.sts_spearman(model, tokenizer, device=args.device, limit=args.limit)
+        record("sts", evaluation.sts_spearman(model, tokenizer, device=args.device, limit=args.limit))
         print(f"STS-B dev Spearman: {results['sts']['spearman']:.4f}")
     if args.speed:
-        results["speed"] = evaluation.measure_speed(model, tokenizer, batch_size=args.speed_batch,
-                                                    prompt_len=args.speed_len, device=args.device)
+        record("speed", evaluation.measure_speed(model, tokenizer, batch_size=args.speed_batch,
+                                                 prompt_len=args.speed_len, device=args.device))
         print("speed: " + ", ".join(f"{k}={v:.4g}" for k, v in results["speed"].items() if isinstance(v, (int, float))))
-    target = Path(args.json) if args.json else None
-    if target is None and (folder / RECORD_FILE).exists():
-        target = folder / EVAL_FILE  # beside the checkpoint, where `reprune report` looks
     if target is not None:
-        target.write_text(json.dumps(results, indent=2, default=str))
+        write_json(target, results)
         print(f"results written to {target}")
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from reprune.demo import run_demo
+    from reprune.outputs import reserve_output
+    from reprune.preflight import check_demo
 
-    run_demo(ratio=args.ratio, reconstruction=args.reconstruct, out=args.out, device=args.device)
+    check_demo(args.ratio, args.device, args.out)
+    with reserve_output(args.out, overwrite=True):  # replaces only a previous demo checkpoint
+        run_demo(ratio=args.ratio, reconstruction=args.reconstruct, out=args.out, device=args.device)
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from reprune.preflight import check_run_reports
     from reprune.report import write_report
 
+    check_run_reports(args.run_dir)
     paths = write_report(args.run_dir)
     for path in paths:
         print(f"wrote {path}")
@@ -187,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     except KNOWN_ERRORS as err:
         print(f"reprune {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # staging folders are already gone: say so instead of a traceback
+        print(f"reprune {args.command}: interrupted; no partial output was left", file=sys.stderr)
+        return 130
     print(f"done in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     return code
 

