@@ -1,4 +1,7 @@
-"""LLaMA-family decoders (LLaMA, Mistral, Qwen2): gated FFN, RoPE attention, GQA."""
+"""LLaMA-family decoders (LLaMA, Mistral, Qwen2/3, Gemma, SmolLM3 and other LLaMA-named pre-norm decoders).
+
+Block: ``h = x + o(attn(input_layernorm(x))); out = h + down(act(gate(n)) * up(n))``, ``n = post_attention_layernorm(h)``.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +16,12 @@ from reprune.adapters.base import Depth2Module, LayerShape, Level1Part, ModelAda
 class LlamaAdapter(ModelAdapter):
     """``model.layers[i].self_attn.{q,k,v,o}_proj`` and ``mlp.{gate,up,down}_proj``."""
 
-    model_types = ("llama", "mistral", "qwen2")
+    model_types = ("llama", "mistral", "qwen2", "qwen3", "gemma", "smollm3", "helium", "olmo", "ernie4_5", "seed_oss",
+                   "ministral", "ministral3", "hunyuan_v1_dense", "exaone", "internlm3", "iquestcoder")
     ffn_config_key = "intermediate_size"
+    # head_dim defaults to 128/256 in several of these; some defaults' pad_token_id exceed a tiny vocabulary
+    tiny_config = {model_type: {"head_dim": 8, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
+                   for model_type in model_types if model_type not in ("llama", "mistral", "qwen2")}
 
     def blocks(self) -> nn.ModuleList:
         return self.model.base_model.layers
