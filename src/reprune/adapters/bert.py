@@ -1,4 +1,7 @@
-"""BERT-family encoders (BertModel and task heads on top): post-norm blocks, plain GELU FFN."""
+"""BERT-family encoders (BERT, RoBERTa, XLM-R, ELECTRA): post-norm blocks, plain GELU FFN.
+
+Block: ``a = LN1(x + dense(attn(x))); out = LN2(a + output.dense(act(intermediate.dense(a))))``.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ class BertAdapter(ModelAdapter):
     """``encoder.layer[i].attention.self.{query,key,value}``, ``attention.output.dense``,
     ``intermediate.dense`` and ``output.dense``."""
 
-    model_types = ("bert", "roberta")
+    model_types = ("bert", "roberta", "xlm-roberta", "electra")
     causal = False
     ffn_config_key = "intermediate_size"
 
