@@ -273,6 +273,21 @@ def qkv_attention(parent: nn.Module, names: tuple[str, str, str], level2: Projec
     )
 
 
+def plain_ffn(parent: nn.Module, level1: Projection, level2: Projection, block_index: int) -> Depth2Module:
+    """FFN ``level2(act(level1(x)))``: one neuron per level-1 row."""
+    return Depth2Module(kind="ffn", block=block_index, parent=parent, level1=[Level1Part(level1)], level2=level2,
+                        num_units=level2.in_features, unit_width=1)
+
+
+def gated_ffn(parent: nn.Module, names: tuple[str, str, str], block_index: int) -> Depth2Module:
+    """Gated FFN ``down(act(gate(x)) * up(x))`` with separate gate/up/down projections of ``parent``."""
+    gate, up, down = names
+    return Depth2Module(kind="ffn", block=block_index, parent=parent,
+                        level1=[Level1Part(Projection(parent, gate)), Level1Part(Projection(parent, up))],
+                        level2=Projection(parent, down), num_units=getattr(parent, down).in_features, unit_width=1,
+                        gated=True)
+
+
 def block_output(output: Any) -> torch.Tensor:
     """Blocks return a tensor (transformers 5) or a tuple whose first item is the hidden state."""
     return output[0] if isinstance(output, (tuple, list)) else output

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from reprune.adapters.base import Depth2Module, LayerShape, Level1Part, ModelAdapter, Projection, qkv_attention
+from reprune.adapters.base import Depth2Module, LayerShape, ModelAdapter, Projection, gated_ffn, qkv_attention
 
 
 class LlamaAdapter(ModelAdapter):
@@ -30,16 +30,7 @@ class LlamaAdapter(ModelAdapter):
         attn, mlp = layer.self_attn, layer.mlp
         attention = qkv_attention(attn, ("q_proj", "k_proj", "v_proj"), Projection(attn, "o_proj"),
                                   block_index, attn.head_dim)
-        ffn = Depth2Module(
-            kind="ffn",
-            block=block_index,
-            parent=mlp,
-            level1=[Level1Part(Projection(mlp, "gate_proj")), Level1Part(Projection(mlp, "up_proj"))],
-            level2=Projection(mlp, "down_proj"),
-            num_units=mlp.down_proj.in_features,
-            unit_width=1,
-            gated=True,
-        )
+        ffn = gated_ffn(mlp, ("gate_proj", "up_proj", "down_proj"), block_index)
         return [attention, ffn]
 
     def ffn_residual(self, block: nn.Module) -> nn.Module:
