@@ -45,5 +45,5 @@ def shrink_module(
         projection.replace(projection.weight()[rows].detach(), None if bias is None else bias[rows].detach())
     module.level2.replace(level2_weight.T, level2_bias)
     if module.kind == "attention":
-        adapter.set_head_counts(module, len(kept_units), len(kept_kv_heads(module, kept_units)))
+        adapter.remove_heads(module, kept_units, kept_kv_heads(module, kept_units))
     adapter.materialise_bias_partners(module)

@@ -6,6 +6,7 @@ only, so a new architecture is one adapter file.
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -150,6 +151,8 @@ class ModelAdapter(ABC):
         plain transformers; override :meth:`plain_config_updates` when heads can be stated too.
       - :meth:`attention_residual`, :meth:`ffn_residual`, :meth:`after_attention` [None]: pre-norm
         shortcuts that let calibration propagate a block without running it again.
+      - :meth:`remove_heads` [sets :meth:`attention_attributes`]: extend it for per-head parameters outside
+        the projections (per-head q/k norms, a shared relative position bias).
       - :meth:`bias_config_updates`, :meth:`materialise_bias_partners` [nothing]: for configs whose bias
         flags cover several projections (LLaMA's ``attention_bias``/``mlp_bias``).
       - ``tiny_config`` [{}]: per model type, the config keys a tiny random model of it needs beyond
@@ -223,9 +226,11 @@ class ModelAdapter(ABC):
         """
         raise NotImplementedError(f"{type(self).__name__} cannot run a block from its post-attention stream")
 
-    def set_head_counts(self, module: Depth2Module, num_heads: int, num_kv_heads: int) -> None:
-        """Update the attention module's attributes after its heads were removed."""
-        for name, value in self.attention_attributes(num_heads, num_kv_heads, module.unit_width).items():
+    def remove_heads(self, module: Depth2Module, kept_heads: torch.Tensor, kept_kv_heads: torch.Tensor) -> None:
+        """Update the attention module after surgery kept ``kept_heads`` (query) and ``kept_kv_heads``: its
+        head-count attributes; a family with per-head parameters outside the projections (per-head norms,
+        a shared position bias) extends this and calls it."""
+        for name, value in self.attention_attributes(len(kept_heads), len(kept_kv_heads), module.unit_width).items():
             setattr(module.parent, name, value)
 
     def plain_config_updates(self, shapes: list[LayerShape]) -> dict[str, Any] | None:
@@ -286,6 +291,24 @@ def gated_ffn(parent: nn.Module, names: tuple[str, str, str], block_index: int) 
                         level1=[Level1Part(Projection(parent, gate)), Level1Part(Projection(parent, up))],
                         level2=Projection(parent, down), num_units=getattr(parent, down).in_features, unit_width=1,
                         gated=True)
+
+
+def _output_attentions(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """Forward pre-hook: ask for the attention probabilities, whether the flag came positionally or not."""
+    position = list(inspect.signature(module.forward).parameters).index("output_attentions")
+    if position < len(args):
+        return args[:position] + (True,) + args[position + 1 :], kwargs
+    return args, {**kwargs, "output_attentions": True}
+
+
+def expose_attention_probabilities(attention: nn.Module, config: Any) -> None:
+    """Let calibration read the probabilities of an attention module outside transformers' attention
+    interface (MPNet, DeBERTa-v2): it gets the config that calibration switches to eager, and always
+    returns its probabilities (computed anyway) as the second output, as head-similarity needs."""
+    if not hasattr(attention, "config"):
+        attention.config = config
+    if _output_attentions not in attention._forward_pre_hooks.values():
+        attention.register_forward_pre_hook(_output_attentions, with_kwargs=True)
 
 
 def block_output(output: Any) -> torch.Tensor:

@@ -8,13 +8,17 @@ in ``config.reprune_manifest`` before the weights are loaded. Only torch and tra
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
+import torch
 import transformers
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 PREFIX = "Reprune"
+# attribute of a module whose forward argument is indexed before the call: {"argument", "dim", "index"}
+SELECTION = "reprune_selection"
 
 
 def _resolve(model: nn.Module, path: str) -> nn.Module:
@@ -25,8 +29,34 @@ def _resolve(model: nn.Module, path: str) -> nn.Module:
         return model.get_submodule(path.partition(".")[2])
 
 
+def _select_argument(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """Forward pre-hook: index the argument named in ``module.reprune_selection`` (positional or keyword)."""
+    selection = getattr(module, SELECTION)
+    name, dim = selection["argument"], selection["dim"]
+    position = list(inspect.signature(module.forward).parameters).index(name)
+    value = args[position] if position < len(args) else kwargs.get(name)
+    if value is None:
+        return args, kwargs
+    value = value.index_select(dim, torch.as_tensor(selection["index"], device=value.device))
+    if position < len(args):
+        return args[:position] + (value,) + args[position + 1 :], kwargs
+    return args, {**kwargs, name: value}
+
+
+def select_argument(module: nn.Module, argument: str, dim: int, index: list[int]) -> None:
+    """Make ``module`` see only ``index`` along ``dim`` of its forward argument ``argument`` (e.g. the
+    kept heads of a relative position bias shared by all layers); a second call narrows the first."""
+    previous = getattr(module, SELECTION, None)
+    if previous is None:
+        module.register_forward_pre_hook(_select_argument, with_kwargs=True)
+    else:
+        index = [previous["index"][i] for i in index]
+    setattr(module, SELECTION, {"argument": argument, "dim": dim, "index": list(index)})
+
+
 def apply_manifest(model: nn.Module, manifest: dict[str, Any]) -> None:
-    """Give the listed projections their pruned shapes and the attention modules their head counts."""
+    """Give the listed projections their pruned shapes, the attention modules their head counts, and
+    per-head parameters, module lists and argument selections their pruned sizes."""
     for path, spec in manifest.get("modules", {}).items():
         parent_path, _, name = path.rpartition(".")
         parent = _resolve(model, parent_path)
@@ -36,10 +66,21 @@ def apply_manifest(model: nn.Module, manifest: dict[str, Any]) -> None:
         else:
             new = nn.Linear(spec["in"], spec["out"], bias=spec["bias"])
         setattr(parent, name, new.to(device=old.weight.device, dtype=old.weight.dtype))
+    for path, shape in manifest.get("parameters", {}).items():
+        parent_path, _, name = path.rpartition(".")
+        parent = _resolve(model, parent_path)
+        old = getattr(parent, name)
+        setattr(parent, name, nn.Parameter(torch.empty(shape, dtype=old.dtype, device=old.device),
+                                           requires_grad=old.requires_grad))
+    for path, length in manifest.get("module_lists", {}).items():
+        modules = _resolve(model, path)
+        del modules[length:]
     for path, attributes in manifest.get("attributes", {}).items():
         module = _resolve(model, path)
         for key, value in attributes.items():
             setattr(module, key, value)
+    for path, selection in manifest.get("selections", {}).items():
+        select_argument(_resolve(model, path), selection["argument"], selection["dim"], selection["index"])
 
 
 def _pruned_class(base: type) -> type:
