@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from reprune.remote_code.modeling_reprune import set_attributes
+
 ModuleKind = Literal["attention", "ffn"]
 
 
@@ -78,13 +80,17 @@ class Projection:
 class Level1Part:
     """A slice of a level-1 projection's output rows that feeds the module's inner channels.
 
-    ``offset`` is the first row of the slice (non-zero inside GPT-2's fused q/k/v); ``per_kv_head``
-    marks key/value rows, laid out per KV head rather than per query head (GQA).
+    Channel ``c`` of unit (or KV head) ``u`` is row ``offset + u * stride + c``. ``offset`` is non-zero
+    inside fused projections laid out in sections (GPT-2's and Phi-3's [q|k|v], Phi-3's [gate|up]);
+    ``stride`` (None: the unit width, contiguous units) is larger where units interleave (GPT-NeoX's
+    per-head [q|k|v] rows: stride 3 * head_dim). ``per_kv_head`` marks key/value rows, laid out per KV head
+    rather than per query head (GQA).
     """
 
     projection: Projection
     offset: int = 0
     per_kv_head: bool = False
+    stride: int | None = None
 
 
 @dataclass
@@ -118,12 +124,19 @@ class Depth2Module:
         offsets = torch.arange(self.unit_width)
         return (units_t[:, None] * self.unit_width + offsets[None, :]).reshape(-1)
 
+    def part_rows(self, part: Level1Part, groups: torch.Tensor | list[int]) -> torch.Tensor:
+        """Output rows of ``part`` for the given units, or KV heads if ``part`` is per KV head, in order."""
+        groups_t = torch.as_tensor(groups, dtype=torch.long)
+        stride = self.unit_width if part.stride is None else part.stride
+        offsets = torch.arange(self.unit_width)
+        return (part.offset + groups_t[:, None] * stride + offsets[None, :]).reshape(-1)
+
     def level1_rows(self, part: Level1Part, units: torch.Tensor | list[int]) -> torch.Tensor:
         """Output rows of ``part`` that belong to the given query heads / neurons (KV rows deduplicated)."""
         units_t = torch.as_tensor(units, dtype=torch.long)
         if part.per_kv_head:
             units_t = torch.unique(units_t // self.heads_per_kv)
-        return self.unit_channels(units_t) + part.offset
+        return self.part_rows(part, units_t)
 
 
 @dataclass(frozen=True)
@@ -187,7 +200,8 @@ class ModelAdapter(ABC):
 
     @abstractmethod
     def attention_attributes(self, num_heads: int, num_kv_heads: int, head_dim: int) -> dict[str, int]:
-        """Attributes of the attention module that its forward reads and that change with the head count."""
+        """Attributes of the attention module that its forward reads and that change with the head count
+        (``config.<key>``: a key of the module's own view of the config, see ``LayerConfig``)."""
 
     def depth2_modules(self, block_index: int) -> list[Depth2Module]:
         """The modules of the model's block ``block_index`` in forward order (attention first)."""
@@ -230,8 +244,7 @@ class ModelAdapter(ABC):
         """Update the attention module after surgery kept ``kept_heads`` (query) and ``kept_kv_heads``: its
         head-count attributes; a family with per-head parameters outside the projections (per-head norms,
         a shared position bias) extends this and calls it."""
-        for name, value in self.attention_attributes(len(kept_heads), len(kept_kv_heads), module.unit_width).items():
-            setattr(module.parent, name, value)
+        set_attributes(module.parent, self.attention_attributes(len(kept_heads), len(kept_kv_heads), module.unit_width))
 
     def plain_config_updates(self, shapes: list[LayerShape]) -> dict[str, Any] | None:
         """Config keys that describe a uniformly pruned model to plain transformers, or None if impossible.

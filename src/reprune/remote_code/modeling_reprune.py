@@ -29,6 +29,39 @@ def _resolve(model: nn.Module, path: str) -> nn.Module:
         return model.get_submodule(path.partition(".")[2])
 
 
+class LayerConfig:
+    """One module's view of the model config with some keys of its own (Phi-3 attention reads its head
+    count from ``self.config``); everything else, writes included, goes to the model config."""
+
+    def __init__(self, base: Any, overrides: dict[str, Any]) -> None:
+        object.__setattr__(self, "_base", base)
+        object.__setattr__(self, "_overrides", dict(overrides))
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):  # copy/pickle protocol lookups, before __init__ ran
+            raise AttributeError(name)
+        overrides = object.__getattribute__(self, "_overrides")
+        return overrides[name] if name in overrides else getattr(object.__getattribute__(self, "_base"), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self._overrides:
+            self._overrides[name] = value
+        else:
+            setattr(self._base, name, value)
+
+
+def set_attributes(module: nn.Module, attributes: dict[str, Any]) -> None:
+    """Set a module's attributes; a key ``config.<name>`` overrides ``<name>`` in its own :class:`LayerConfig`."""
+    for key, value in attributes.items():
+        name = key.removeprefix("config.")
+        if name == key:
+            setattr(module, key, value)
+            continue
+        if not isinstance(module.config, LayerConfig):
+            module.config = LayerConfig(module.config, {})
+        object.__getattribute__(module.config, "_overrides")[name] = value
+
+
 def _select_argument(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     """Forward pre-hook: index the argument named in ``module.reprune_selection`` (positional or keyword)."""
     selection = getattr(module, SELECTION)
@@ -76,9 +109,7 @@ def apply_manifest(model: nn.Module, manifest: dict[str, Any]) -> None:
         modules = _resolve(model, path)
         del modules[length:]
     for path, attributes in manifest.get("attributes", {}).items():
-        module = _resolve(model, path)
-        for key, value in attributes.items():
-            setattr(module, key, value)
+        set_attributes(_resolve(model, path), attributes)
     for path, selection in manifest.get("selections", {}).items():
         select_argument(_resolve(model, path), selection["argument"], selection["dim"], selection["index"])
 
