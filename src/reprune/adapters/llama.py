@@ -27,11 +27,17 @@ class LlamaAdapter(ModelAdapter):
         return self.model.base_model.layers
 
     def modules_of(self, layer: nn.Module, block_index: int) -> list[Depth2Module]:
-        attn, mlp = layer.self_attn, layer.mlp
-        attention = qkv_attention(attn, ("q_proj", "k_proj", "v_proj"), Projection(attn, "o_proj"),
-                                  block_index, attn.head_dim)
-        ffn = gated_ffn(mlp, ("gate_proj", "up_proj", "down_proj"), block_index)
-        return [attention, ffn]
+        return [self.attention_of(layer, block_index), self.ffn_of(layer, block_index)]
+
+    def attention_of(self, layer: nn.Module, block_index: int) -> Depth2Module:
+        """The layer's attention (a family with other projection names overrides this)."""
+        attn = layer.self_attn
+        return qkv_attention(attn, ("q_proj", "k_proj", "v_proj"), Projection(attn, "o_proj"), block_index,
+                             attn.head_dim)
+
+    def ffn_of(self, layer: nn.Module, block_index: int) -> Depth2Module:
+        """The layer's FFN (a family with a fused or non-gated FFN overrides this)."""
+        return gated_ffn(layer.mlp, ("gate_proj", "up_proj", "down_proj"), block_index)
 
     def ffn_residual(self, block: nn.Module) -> nn.Module:
         return block.post_attention_layernorm  # out = h + mlp(post_attention_layernorm(h))

@@ -17,12 +17,12 @@ class Phi3Adapter(LlamaAdapter):
     model_types = ("phi3",)
     tiny_config = {"phi3": {"pad_token_id": 0}}
 
-    def modules_of(self, layer: nn.Module, block_index: int) -> list[Depth2Module]:
-        attn, mlp = layer.self_attn, layer.mlp
+    def attention_of(self, layer: nn.Module, block_index: int) -> Depth2Module:
+        attn = layer.self_attn
         head_dim, kv_heads = attn.head_dim, attn.num_key_value_heads
         heads = attn.o_proj.in_features // head_dim
         qkv = Projection(attn, "qkv_proj")
-        attention = Depth2Module(
+        return Depth2Module(
             kind="attention",
             block=block_index,
             parent=attn,
@@ -36,12 +36,14 @@ class Phi3Adapter(LlamaAdapter):
             unit_width=head_dim,
             num_kv_heads=kv_heads,
         )
+
+    def ffn_of(self, layer: nn.Module, block_index: int) -> Depth2Module:
+        mlp = layer.mlp
         width = mlp.down_proj.in_features
         gate_up = Projection(mlp, "gate_up_proj")
-        ffn = Depth2Module(kind="ffn", block=block_index, parent=mlp,
-                           level1=[Level1Part(gate_up), Level1Part(gate_up, offset=width)],
-                           level2=Projection(mlp, "down_proj"), num_units=width, unit_width=1, gated=True)
-        return [attention, ffn]
+        return Depth2Module(kind="ffn", block=block_index, parent=mlp,
+                            level1=[Level1Part(gate_up), Level1Part(gate_up, offset=width)],
+                            level2=Projection(mlp, "down_proj"), num_units=width, unit_width=1, gated=True)
 
     def ffn_residual(self, block: nn.Module) -> None:
         """No FFN shortcut: ``act`` runs on the strided gate half of ``gate_up_proj``'s output, so a pruned FFN's
