@@ -119,7 +119,21 @@ def _pruned_class(base: type) -> type:
         base.__init__(self, config, *args, **kwargs)
         apply_manifest(self, getattr(config, "reprune_manifest", {}) or {})
 
-    return type(f"{PREFIX}{base.__name__}", (base,), {"__init__": __init__, "__module__": __name__})
+    name = f"{PREFIX}{base.__name__}"
+    _share_weight_renames(base, name)
+    return type(name, (base,), {"__init__": __init__, "__module__": __name__})
+
+
+def _share_weight_renames(base: type, name: str) -> None:
+    """Give class ``name`` the checkpoint key renames of ``base`` (e.g. GPT-NeoX's ``embed_out`` -> ``lm_head``):
+    transformers looks them up by class name or model type and skips classes defined outside it."""
+    from transformers import conversion_mapping
+
+    model_type = getattr(getattr(base, "config_class", None), "model_type", None)
+    mapping = (conversion_mapping.get_checkpoint_conversion_mapping(base.__name__)
+               or (conversion_mapping.get_checkpoint_conversion_mapping(model_type) if model_type else None))
+    if mapping:
+        conversion_mapping.register_checkpoint_conversion_mapping(name, mapping, overwrite=True)
 
 
 def __getattr__(name: str) -> type:
