@@ -97,7 +97,9 @@ class Level1Part:
 class Depth2Module:
     """One prunable module of a block: level-1 rows and level-2 input columns share inner channels.
 
-    Units are query heads (``unit_width = head_dim``) or FFN neurons (``unit_width = 1``).
+    Units are query heads (``unit_width = head_dim``) or FFN neurons (``unit_width = 1``). ``removable``
+    False keeps every unit (allocation gives the module nothing to remove) where removing one would not be
+    exact (OLMo-2's q/k norms over all heads); recovery may still re-fit it.
     """
 
     kind: ModuleKind
@@ -109,6 +111,7 @@ class Depth2Module:
     unit_width: int
     num_kv_heads: int = 0
     gated: bool = False
+    removable: bool = True
 
     @property
     def name(self) -> str:
