@@ -13,15 +13,18 @@ from torch import nn
 from reprune.adapters.base import Depth2Module, LayerShape, ModelAdapter, Projection, gated_ffn, qkv_attention
 
 
+# head_dim defaults to 128/256 in several LLaMA-like configs; some default pad/bos/eos ids exceed a tiny vocabulary
+TINY_LLAMA_LIKE: dict[str, Any] = {"head_dim": 8, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
+
+
 class LlamaAdapter(ModelAdapter):
     """``model.layers[i].self_attn.{q,k,v,o}_proj`` and ``mlp.{gate,up,down}_proj``."""
 
-    model_types = ("llama", "mistral", "qwen2", "qwen3", "gemma", "smollm3", "helium", "olmo", "ernie4_5", "seed_oss",
-                   "ministral", "ministral3", "hunyuan_v1_dense", "exaone", "internlm3", "iquestcoder")
+    model_types = ("llama", "mistral", "qwen2", "qwen3", "gemma", "smollm3", "helium", "olmo", "ministral",
+                   "ministral3", "hunyuan_v1_dense", "exaone", "internlm3", "iquestcoder")
     ffn_config_key = "intermediate_size"
-    # head_dim defaults to 128/256 in several of these; some defaults' pad_token_id exceed a tiny vocabulary
-    tiny_config = {model_type: {"head_dim": 8, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
-                   for model_type in model_types if model_type not in ("llama", "mistral", "qwen2")}
+    tiny_config = {model_type: TINY_LLAMA_LIKE for model_type in model_types
+                   if model_type not in ("llama", "mistral", "qwen2")}
 
     def blocks(self) -> nn.ModuleList:
         return self.model.base_model.layers
@@ -63,11 +66,14 @@ class LlamaAdapter(ModelAdapter):
         }
 
     def bias_config_updates(self) -> dict[str, Any]:
-        modules = [m for i in range(len(self.blocks())) for m in self.depth2_modules(i)]
-        return {
-            "attention_bias": any(m.level2.bias() is not None for m in modules if m.kind == "attention"),
-            "mlp_bias": any(m.level2.bias() is not None for m in modules if m.kind == "ffn"),
-        }
+        """A flag is True when any projection it covers has a bias (families whose flag skips one, e.g.
+        qwen2's o_proj or helium's, then differ from the reference model and save with the manifest)."""
+        return {"attention_bias": self.any_bias("attention"), "mlp_bias": self.any_bias("ffn")}
+
+    def any_bias(self, kind: str | None = None) -> bool:
+        """Whether any projection of any ``kind`` module (None: any module) has a bias."""
+        modules = [m for i in range(len(self.blocks())) for m in self.depth2_modules(i) if kind in (None, m.kind)]
+        return any(p.bias() is not None for m in modules for p in [part.projection for part in m.level1] + [m.level2])
 
     def materialise_bias_partners(self, module: Depth2Module) -> None:
         if module.level2.bias() is None:

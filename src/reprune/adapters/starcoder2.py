@@ -24,6 +24,5 @@ class Starcoder2Adapter(LlamaAdapter):
         return plain_ffn(mlp, Projection(mlp, "c_fc"), Projection(mlp, "c_proj"), block_index)
 
     def bias_config_updates(self) -> dict[str, Any]:
-        """``use_bias`` covers every projection; reconstruction may add biases when it is False."""
-        modules = [m for i in range(len(self.blocks())) for m in self.depth2_modules(i)]
-        return {"use_bias": any(m.level2.bias() is not None for m in modules)}
+        """``use_bias`` covers every projection: plain only when all have one (otherwise the manifest says which)."""
+        return {"use_bias": self.any_bias()}
