@@ -166,13 +166,19 @@ class ModelAdapter(ABC):
       - ``ffn_config_key`` [""]: config key of the FFN width, so a uniform FFN-only pruning saves as
         plain transformers; override :meth:`plain_config_updates` when heads can be stated too.
       - :meth:`attention_residual`, :meth:`ffn_residual`, :meth:`after_attention` [None]: pre-norm
-        shortcuts that let calibration propagate a block without running it again.
+        shortcuts that let calibration propagate a block without running it again. They must be exact:
+        return None where a norm or multiplier follows a branch (OLMo-2, Granite) or branches run in
+        parallel (Cohere, GPT-NeoX).
       - :meth:`remove_heads` [sets :meth:`attention_attributes`]: extend it for per-head parameters outside
         the projections (per-head q/k norms, a shared relative position bias).
       - :meth:`bias_config_updates`, :meth:`materialise_bias_partners` [nothing]: for configs whose bias
         flags cover several projections (LLaMA's ``attention_bias``/``mlp_bias``).
       - ``tiny_config`` [{}]: per model type, the config keys a tiny random model of it needs beyond
         hidden size 32, 4 heads (2 KV heads), FFN 48 and 2 blocks (e.g. ``head_dim``), for the contract tests.
+
+    Helpers for :meth:`modules_of`: :func:`qkv_attention`, :func:`plain_ffn`, :func:`gated_ffn`; fused
+    projections are several :class:`Level1Part` of one :class:`Projection` (``offset``, ``stride``); a
+    module whose units cannot be removed exactly sets ``removable=False``.
     """
 
     model_types: ClassVar[tuple[str, ...]] = ()

@@ -1,6 +1,7 @@
 """DeBERTa-v2/v3 encoders: post-norm blocks with disentangled attention over relative embeddings shared by all layers.
 
-Block: ``a = LN(x + dense(attn(x, mask, relative_pos, rel_embeddings))); out = LN(a + output.dense(act(intermediate.dense(a))))``.
+Block: ``a = LN(x + dense(attn(x, mask, relative_pos, rel_embeddings)))``;
+``out = LN(a + output.dense(act(intermediate.dense(a))))``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """ERNIE-4.5 dense decoders: LLaMA's block with one bias flag ``use_bias`` for every projection.
 
-Block: ``h = x + o_proj(attn(input_layernorm(x))); out = h + down(act(gate(n)) * up(n))``, ``n = post_attention_layernorm(h)``.
+Block: ``h = x + o_proj(attn(input_layernorm(x))); out = h + down(act(gate(n)) * up(n))``,
+``n = post_attention_layernorm(h)``.
 """
 
 from __future__ import annotations

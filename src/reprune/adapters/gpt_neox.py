@@ -2,7 +2,8 @@
 plain FFN; parallel residual by default.
 
 Block: ``out = x + dense(attn(input_layernorm(x))) + mlp(post_attention_layernorm(x))`` (parallel), or
-``h = x + dense(attn(input_layernorm(x))); out = h + mlp(post_attention_layernorm(h))`` (``use_parallel_residual=False``).
+``h = x + dense(attn(input_layernorm(x))); out = h + mlp(post_attention_layernorm(h))``
+(``use_parallel_residual=False``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """LLaMA-family decoders (LLaMA, Mistral, Qwen2/3, Gemma, SmolLM3 and other LLaMA-named pre-norm decoders).
 
-Block: ``h = x + o(attn(input_layernorm(x))); out = h + down(act(gate(n)) * up(n))``, ``n = post_attention_layernorm(h)``.
+Block: ``h = x + o(attn(input_layernorm(x))); out = h + down(act(gate(n)) * up(n))``,
+``n = post_attention_layernorm(h)``.
 """
 
 from __future__ import annotations

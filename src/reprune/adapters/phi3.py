@@ -1,6 +1,7 @@
-"""Phi-3/Phi-4-mini decoders: LLaMA's pre-norm block with fused projections ``qkv_proj`` [q|k|v] and ``gate_up_proj`` [gate|up].
+"""Phi-3/Phi-4-mini decoders: LLaMA's pre-norm block with fused ``qkv_proj`` [q|k|v] and ``gate_up_proj`` [gate|up].
 
-Block: ``h = x + o_proj(attn(input_layernorm(x))); out = h + down_proj(up * act(gate))``, ``gate|up = gate_up_proj(post_attention_layernorm(h))``.
+Block: ``h = x + o_proj(attn(input_layernorm(x))); out = h + down_proj(up * act(gate))``,
+``gate|up = gate_up_proj(post_attention_layernorm(h))``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Seed-OSS decoders: LLaMA's block, with the o_proj bias under its own config flag ``attention_out_bias``.
 
-Block: ``h = x + o_proj(attn(input_layernorm(x))); out = h + down(act(gate(n)) * up(n))``, ``n = post_attention_layernorm(h)``.
+Block: ``h = x + o_proj(attn(input_layernorm(x))); out = h + down(act(gate(n)) * up(n))``,
+``n = post_attention_layernorm(h)``.
 """
 
 from __future__ import annotations

@@ -2,8 +2,11 @@
 
 Copied into the checkpoint folder by reprune, so ``from_pretrained(dir, trust_remote_code=True)`` works
 without reprune installed: ``Reprune<Class>`` exists for every transformers model class (made on first
-access), builds the original architecture, then resizes the projections and attention attributes listed
-in ``config.reprune_manifest`` before the weights are loaded. Only torch and transformers are needed.
+access), builds the original architecture, then, before the weights are loaded, applies
+``config.reprune_manifest``: projection shapes, other parameters' shapes (per-head norms), module list
+lengths (per-head norm lists), attention attributes (``config.<key>``: a key of the module's own
+:class:`LayerConfig`) and argument selections (the heads a layer reads from a position bias shared by all
+layers). Only torch and transformers are needed.
 """
 
 from __future__ import annotations
