@@ -17,7 +17,7 @@ import torch
 
 from reprune.checkpoint import REMOTE_FILE, save_pruned
 from reprune import PruneConfig, prune
-from tiny_models import calibration_batch, model_output, tiny_model
+from tiny_models import calibration_batch, contract_model, model_output, tiny_model
 
 CHILD = textwrap.dedent(
     """
@@ -133,8 +133,6 @@ MANIFEST_FEATURES = [("phi3", "AutoModelForCausalLM", "ReprunePhi3ForCausalLM"),
 
 @pytest.mark.parametrize("model_type, auto, expected_class", MANIFEST_FEATURES)
 def test_head_pruned_families_load_with_remote_code(model_type, auto, expected_class, ids, tmp_path):
-    from tiny_models import contract_model
-
     model, report = prune(contract_model(model_type), ids, PruneConfig(ratio=0.45, allocation="global"),
                           progress=False)
     assert any(s.num_heads < 4 for s in report.shapes)
