@@ -10,6 +10,8 @@ import transformers
 
 from reprune import PruneConfig, load, prune, save_pruned
 from reprune.adapters import get_adapter
+from reprune.criteria import level1_row_norms_sq
+from reprune.criteria.second_moment import second_moment_scores
 from reprune.evaluation.encoder import sts_spearman
 from reprune.surgery import shrink_module
 from tiny_models import calibration_batch, contract_model, model_output
@@ -71,6 +73,19 @@ def test_gpt_neox_head_rows_interleave_q_k_v() -> None:
     assert module.level1_rows(q, [1]).tolist() == list(range(24, 32))  # head 1 = rows 24..47: q, k, v
     assert module.level1_rows(k, [1]).tolist() == list(range(32, 40))
     assert module.level1_rows(v, [0, 2]).tolist() == list(range(16, 24)) + list(range(64, 72))
+
+
+def test_criteria_read_each_unit_s_rows_of_fused_projections() -> None:
+    ffn = get_adapter(contract_model("phi3")).depth2_modules(0)[1]
+    weight = ffn.level1[0].projection.weight().detach().double()
+    gate, up = weight[: ffn.num_units].pow(2).sum(1), weight[ffn.num_units :].pow(2).sum(1)
+    out_sq = ffn.level2.weight().detach().double().pow(2).sum(0)
+    torch.testing.assert_close(second_moment_scores(ffn, None), out_sq * gate * up)
+    torch.testing.assert_close(level1_row_norms_sq(ffn), gate + up)
+    attention = get_adapter(contract_model("gpt_neox")).depth2_modules(0)[0]
+    weight = attention.level1[0].projection.weight().detach().double()
+    per_head = weight.reshape(attention.num_units, -1).pow(2).sum(1)  # head h owns rows h*3*hd .. (h+1)*3*hd
+    torch.testing.assert_close(level1_row_norms_sq(attention), per_head)
 
 
 def test_mpnet_position_bias_selection_is_saved_and_narrows_on_a_second_pruning(tmp_path) -> None:

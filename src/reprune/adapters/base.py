@@ -253,7 +253,8 @@ class ModelAdapter(ABC):
         """Update the attention module after surgery kept ``kept_heads`` (query) and ``kept_kv_heads``: its
         head-count attributes; a family with per-head parameters outside the projections (per-head norms,
         a shared position bias) extends this and calls it."""
-        set_attributes(module.parent, self.attention_attributes(len(kept_heads), len(kept_kv_heads), module.unit_width))
+        counts = self.attention_attributes(len(kept_heads), len(kept_kv_heads), module.unit_width)
+        set_attributes(module.parent, counts)
 
     def plain_config_updates(self, shapes: list[LayerShape]) -> dict[str, Any] | None:
         """Config keys that describe a uniformly pruned model to plain transformers, or None if impossible.
