@@ -42,6 +42,11 @@ class StableLmAdapter(LlamaAdapter):
             for norm, kept in ((attn.q_layernorm, kept_heads), (attn.k_layernorm, kept_kv_heads)):
                 norm.norms = nn.ModuleList(norm.norms[i] for i in kept.tolist())
 
+    def bias_config_updates(self) -> dict[str, Any]:
+        """``use_qkv_bias`` covers q/k/v; o_proj and the MLP never have biases (added ones need the manifest)."""
+        return {"use_qkv_bias": any(part.projection.bias() is not None for i in range(len(self.blocks()))
+                                    for part in self.depth2_modules(i)[0].level1)}
+
     def plain_config_updates(self, shapes: list[LayerShape]) -> dict[str, Any] | None:
         """The config has no head size: only FFN-only pruning is plain (the base class's rule)."""
         return ModelAdapter.plain_config_updates(self, shapes)
