@@ -123,10 +123,9 @@ def test_gqa_head_pruning_stays_valid(family, gqa_mode, ids, tmp_path):
     assert_same_outputs(model_output(loaded, ids), out_inmem)
 
 
-def _tiny_gpt_neox():
-    config = transformers.GPTNeoXConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
-                                        num_attention_heads=4, max_position_embeddings=32)
-    return transformers.GPTNeoXForCausalLM(config)
+def _tiny_mamba():
+    config = transformers.MambaConfig(vocab_size=64, hidden_size=32, state_size=4, num_hidden_layers=1, expand=2)
+    return transformers.MambaForCausalLM(config)
 
 
 def _tiny_t5():
@@ -135,7 +134,7 @@ def _tiny_t5():
     return transformers.T5ForConditionalGeneration(config)
 
 
-@pytest.mark.parametrize("build, model_type", [(_tiny_gpt_neox, "gpt_neox"), (_tiny_t5, "t5")])
+@pytest.mark.parametrize("build, model_type", [(_tiny_mamba, "mamba"), (_tiny_t5, "t5")])
 def test_unknown_architecture_lists_supported_types(build, model_type, ids):
     model = build()
     with pytest.raises(UnsupportedArchitectureError) as info:

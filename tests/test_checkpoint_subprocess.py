@@ -17,7 +17,7 @@ import torch
 
 from reprune.checkpoint import REMOTE_FILE, save_pruned
 from reprune import PruneConfig, prune
-from tiny_models import calibration_batch, model_output, tiny_model
+from tiny_models import calibration_batch, contract_model, model_output, tiny_model
 
 CHILD = textwrap.dedent(
     """
@@ -118,4 +118,29 @@ def test_bert_head_pruned_loads_with_remote_code(ids, tmp_path):
     child = load_in_subprocess(out, "AutoModel", True, ids, expected, tmp_path)
     assert child["leaked"] == []
     assert child["class"] == "RepruneBertModel"
+    assert child["max_diff"] is not None and child["max_diff"] < 1e-5
+
+
+# each needs a manifest feature besides projection shapes: a layer's own view of the config (phi3), an
+# argument selection (mpnet), a module list length (stablelm), a per-head parameter shape (cohere), the base
+# class's checkpoint key renames (gpt_neox's embed_out)
+MANIFEST_FEATURES = [("phi3", "AutoModelForCausalLM", "ReprunePhi3ForCausalLM"),
+                     ("mpnet", "AutoModel", "RepruneMPNetModel"),
+                     ("stablelm", "AutoModelForCausalLM", "RepruneStableLmForCausalLM"),
+                     ("cohere", "AutoModelForCausalLM", "RepruneCohereForCausalLM"),
+                     ("gpt_neox", "AutoModelForCausalLM", "RepruneGPTNeoXForCausalLM")]
+
+
+@pytest.mark.parametrize("model_type, auto, expected_class", MANIFEST_FEATURES)
+def test_head_pruned_families_load_with_remote_code(model_type, auto, expected_class, ids, tmp_path):
+    model, report = prune(contract_model(model_type), ids, PruneConfig(ratio=0.45, allocation="global"),
+                          progress=False)
+    assert any(s.num_heads < 4 for s in report.shapes)
+    expected = model_output(model, ids)
+    out = save_pruned(model, None, tmp_path / model_type, report)
+    assert json.loads((out / "config.json").read_text())["reprune_manifest"]
+
+    child = load_in_subprocess(out, auto, True, ids, expected, tmp_path)
+    assert child["leaked"] == []
+    assert child["class"] == expected_class
     assert child["max_diff"] is not None and child["max_diff"] < 1e-5

@@ -64,12 +64,14 @@ CONTRACT_SIZES = {"vocab_size": VOCAB, "hidden_size": 32, "num_hidden_layers": 2
                   "intermediate_size": 48, "max_position_embeddings": 64}
 
 
-def contract_model(model_type: str, seed: int = 0) -> nn.Module:
-    """A tiny random model of any model type an adapter serves: GQA (2 KV heads) wherever the config has them."""
+def contract_model(model_type: str, seed: int = 0, **overrides) -> nn.Module:
+    """A tiny random model of any model type an adapter serves: GQA (2 KV heads) wherever the config has them.
+
+    ``overrides`` are config keys on top of the adapter's ``tiny_config`` (another variant of the family)."""
     from reprune.adapters import ADAPTER_CLASSES
 
     adapter = ADAPTER_CLASSES[model_type]
-    extra = adapter.tiny_config.get(model_type, {})
+    extra = {**adapter.tiny_config.get(model_type, {}), **overrides}
     config = transformers.AutoConfig.for_model(model_type, **{**CONTRACT_SIZES, **extra})
     if hasattr(config, "num_key_value_heads") and "num_key_value_heads" not in extra:
         config.num_key_value_heads = 2

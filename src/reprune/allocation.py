@@ -66,6 +66,8 @@ def module_budget(module: Depth2Module, gqa_mode: GqaMode) -> ModuleBudget:
     else:
         step = 1
     max_remove = module.num_units - step if step > 1 else module.num_units - 1
+    if not module.removable:
+        max_remove = 0
     return ModuleBudget(module.block, module.kind, module.num_units, step, max_remove, cost,
                         projection_params(module))
 

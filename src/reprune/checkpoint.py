@@ -52,15 +52,25 @@ def _reference_model(model: nn.Module, config: transformers.PretrainedConfig) ->
 
 
 def manifest_against(model: nn.Module, config: transformers.PretrainedConfig, adapter: ModelAdapter) -> dict[str, Any]:
-    """Projections whose shape or bias differs from what ``config`` builds, plus attention attributes."""
+    """What differs from the model ``config`` builds: projection shapes and biases, other parameters'
+    shapes (per-head norms), module list lengths (per-head norm lists), argument selections (heads of a
+    shared position bias); plus the attention attributes. Empty when nothing differs."""
     reference = _reference_model(model, config)
-    modules = {}
+    modules, parameters, module_lists, selections = {}, {}, {}, {}
     for name, module in model.named_modules():
         if isinstance(module, (nn.Linear, Conv1D)):
             spec = _shape_spec(module)
             if spec != _shape_spec(reference.get_submodule(name)):
                 modules[name] = spec
-    if not modules:
+            continue
+        for param_name, param in module.named_parameters(recurse=False):
+            if param.shape != getattr(reference.get_submodule(name), param_name).shape:
+                parameters[f"{name}.{param_name}" if name else param_name] = list(param.shape)
+        if isinstance(module, nn.ModuleList) and len(module) != len(reference.get_submodule(name)):
+            module_lists[name] = len(module)
+        if hasattr(module, modeling_reprune.SELECTION):
+            selections[name] = getattr(module, modeling_reprune.SELECTION)
+    if not (modules or parameters or module_lists or selections):
         return {}
     paths = {id(m): name for name, m in model.named_modules()}
     attributes = {}
@@ -68,7 +78,8 @@ def manifest_against(model: nn.Module, config: transformers.PretrainedConfig, ad
         attention = adapter.depth2_modules(index)[0]
         attributes[paths[id(attention.parent)]] = adapter.attention_attributes(
             shape.num_heads, shape.num_kv_heads, shape.head_dim)
-    return {"version": 1, "modules": modules, "attributes": attributes}
+    return {"version": 1, "modules": modules, "parameters": parameters, "module_lists": module_lists,
+            "selections": selections, "attributes": attributes}
 
 
 def _auto_map(model: nn.Module) -> dict[str, str]:

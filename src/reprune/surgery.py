@@ -40,10 +40,11 @@ def shrink_module(
         prev[1].append(rows)
         by_projection[key] = prev
     for projection, row_lists in by_projection.values():
-        rows = torch.cat(row_lists).to(projection.weight().device)
+        # sorted: a fused projection keeps its layout, in sections ([q|k|v], [gate|up]) or interleaved per head
+        rows = torch.cat(row_lists).sort().values.to(projection.weight().device)
         bias = projection.bias()
         projection.replace(projection.weight()[rows].detach(), None if bias is None else bias[rows].detach())
     module.level2.replace(level2_weight.T, level2_bias)
     if module.kind == "attention":
-        adapter.set_head_counts(module, len(kept_units), len(kept_kv_heads(module, kept_units)))
+        adapter.remove_heads(module, kept_units, kept_kv_heads(module, kept_units))
     adapter.materialise_bias_partners(module)

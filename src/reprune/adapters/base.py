@@ -6,6 +6,7 @@ only, so a new architecture is one adapter file.
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -13,6 +14,8 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
+
+from reprune.remote_code.modeling_reprune import set_attributes
 
 ModuleKind = Literal["attention", "ffn"]
 
@@ -77,20 +80,26 @@ class Projection:
 class Level1Part:
     """A slice of a level-1 projection's output rows that feeds the module's inner channels.
 
-    ``offset`` is the first row of the slice (non-zero inside GPT-2's fused q/k/v); ``per_kv_head``
-    marks key/value rows, laid out per KV head rather than per query head (GQA).
+    Channel ``c`` of unit (or KV head) ``u`` is row ``offset + u * stride + c``. ``offset`` is non-zero
+    inside fused projections laid out in sections (GPT-2's and Phi-3's [q|k|v], Phi-3's [gate|up]);
+    ``stride`` (None: the unit width, contiguous units) is larger where units interleave (GPT-NeoX's
+    per-head [q|k|v] rows: stride 3 * head_dim). ``per_kv_head`` marks key/value rows, laid out per KV head
+    rather than per query head (GQA).
     """
 
     projection: Projection
     offset: int = 0
     per_kv_head: bool = False
+    stride: int | None = None
 
 
 @dataclass
 class Depth2Module:
     """One prunable module of a block: level-1 rows and level-2 input columns share inner channels.
 
-    Units are query heads (``unit_width = head_dim``) or FFN neurons (``unit_width = 1``).
+    Units are query heads (``unit_width = head_dim``) or FFN neurons (``unit_width = 1``). ``removable``
+    False keeps every unit (allocation gives the module nothing to remove) where removing one would not be
+    exact (OLMo-2's q/k norms over all heads); recovery may still re-fit it.
     """
 
     kind: ModuleKind
@@ -102,6 +111,7 @@ class Depth2Module:
     unit_width: int
     num_kv_heads: int = 0
     gated: bool = False
+    removable: bool = True
 
     @property
     def name(self) -> str:
@@ -117,12 +127,19 @@ class Depth2Module:
         offsets = torch.arange(self.unit_width)
         return (units_t[:, None] * self.unit_width + offsets[None, :]).reshape(-1)
 
+    def part_rows(self, part: Level1Part, groups: torch.Tensor | list[int]) -> torch.Tensor:
+        """Output rows of ``part`` for the given units, or KV heads if ``part`` is per KV head, in order."""
+        groups_t = torch.as_tensor(groups, dtype=torch.long)
+        stride = self.unit_width if part.stride is None else part.stride
+        offsets = torch.arange(self.unit_width)
+        return (part.offset + groups_t[:, None] * stride + offsets[None, :]).reshape(-1)
+
     def level1_rows(self, part: Level1Part, units: torch.Tensor | list[int]) -> torch.Tensor:
         """Output rows of ``part`` that belong to the given query heads / neurons (KV rows deduplicated)."""
         units_t = torch.as_tensor(units, dtype=torch.long)
         if part.per_kv_head:
             units_t = torch.unique(units_t // self.heads_per_kv)
-        return self.unit_channels(units_t) + part.offset
+        return self.part_rows(part, units_t)
 
 
 @dataclass(frozen=True)
@@ -149,11 +166,19 @@ class ModelAdapter(ABC):
       - ``ffn_config_key`` [""]: config key of the FFN width, so a uniform FFN-only pruning saves as
         plain transformers; override :meth:`plain_config_updates` when heads can be stated too.
       - :meth:`attention_residual`, :meth:`ffn_residual`, :meth:`after_attention`, :meth:`post_branch`
-        [None]: pre-norm shortcuts that let calibration propagate a block without running it again.
+        [None]: pre-norm shortcuts that let calibration propagate a block without running it again. They
+        must be exact: return None where branches run in parallel (Cohere, GPT-NeoX) or something other
+        than a module follows a branch (Granite's multiplier); :meth:`post_branch` covers post-norms.
+      - :meth:`remove_heads` [sets :meth:`attention_attributes`]: extend it for per-head parameters outside
+        the projections (per-head q/k norms, a shared relative position bias).
       - :meth:`bias_config_updates`, :meth:`materialise_bias_partners` [nothing]: for configs whose bias
         flags cover several projections (LLaMA's ``attention_bias``/``mlp_bias``).
       - ``tiny_config`` [{}]: per model type, the config keys a tiny random model of it needs beyond
         hidden size 32, 4 heads (2 KV heads), FFN 48 and 2 blocks (e.g. ``head_dim``), for the contract tests.
+
+    Helpers for :meth:`modules_of`: :func:`qkv_attention`, :func:`plain_ffn`, :func:`gated_ffn`; fused
+    projections are several :class:`Level1Part` of one :class:`Projection` (``offset``, ``stride``); a
+    module whose units cannot be removed exactly sets ``removable=False``.
     """
 
     model_types: ClassVar[tuple[str, ...]] = ()
@@ -184,7 +209,8 @@ class ModelAdapter(ABC):
 
     @abstractmethod
     def attention_attributes(self, num_heads: int, num_kv_heads: int, head_dim: int) -> dict[str, int]:
-        """Attributes of the attention module that its forward reads and that change with the head count."""
+        """Attributes of the attention module that its forward reads and that change with the head count
+        (``config.<key>``: a key of the module's own view of the config, see ``LayerConfig``)."""
 
     def depth2_modules(self, block_index: int) -> list[Depth2Module]:
         """The modules of the model's block ``block_index`` in forward order (attention first)."""
@@ -228,10 +254,12 @@ class ModelAdapter(ABC):
         """
         raise NotImplementedError(f"{type(self).__name__} cannot run a block from its post-attention stream")
 
-    def set_head_counts(self, module: Depth2Module, num_heads: int, num_kv_heads: int) -> None:
-        """Update the attention module's attributes after its heads were removed."""
-        for name, value in self.attention_attributes(num_heads, num_kv_heads, module.unit_width).items():
-            setattr(module.parent, name, value)
+    def remove_heads(self, module: Depth2Module, kept_heads: torch.Tensor, kept_kv_heads: torch.Tensor) -> None:
+        """Update the attention module after surgery kept ``kept_heads`` (query) and ``kept_kv_heads``: its
+        head-count attributes; a family with per-head parameters outside the projections (per-head norms,
+        a shared position bias) extends this and calls it."""
+        counts = self.attention_attributes(len(kept_heads), len(kept_kv_heads), module.unit_width)
+        set_attributes(module.parent, counts)
 
     def plain_config_updates(self, shapes: list[LayerShape]) -> dict[str, Any] | None:
         """Config keys that describe a uniformly pruned model to plain transformers, or None if impossible.
@@ -276,6 +304,39 @@ def qkv_attention(parent: nn.Module, names: tuple[str, str, str], level2: Projec
         unit_width=head_dim,
         num_kv_heads=getattr(parent, k).out_features // head_dim,
     )
+
+
+def plain_ffn(parent: nn.Module, level1: Projection, level2: Projection, block_index: int) -> Depth2Module:
+    """FFN ``level2(act(level1(x)))``: one neuron per level-1 row."""
+    return Depth2Module(kind="ffn", block=block_index, parent=parent, level1=[Level1Part(level1)], level2=level2,
+                        num_units=level2.in_features, unit_width=1)
+
+
+def gated_ffn(parent: nn.Module, names: tuple[str, str, str], block_index: int) -> Depth2Module:
+    """Gated FFN ``down(act(gate(x)) * up(x))`` with separate gate/up/down projections of ``parent``."""
+    gate, up, down = names
+    return Depth2Module(kind="ffn", block=block_index, parent=parent,
+                        level1=[Level1Part(Projection(parent, gate)), Level1Part(Projection(parent, up))],
+                        level2=Projection(parent, down), num_units=getattr(parent, down).in_features, unit_width=1,
+                        gated=True)
+
+
+def _output_attentions(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """Forward pre-hook: ask for the attention probabilities, whether the flag came positionally or not."""
+    position = list(inspect.signature(module.forward).parameters).index("output_attentions")
+    if position < len(args):
+        return args[:position] + (True,) + args[position + 1 :], kwargs
+    return args, {**kwargs, "output_attentions": True}
+
+
+def expose_attention_probabilities(attention: nn.Module, config: Any) -> None:
+    """Let calibration read the probabilities of an attention module outside transformers' attention
+    interface (MPNet, DeBERTa-v2): it gets the config that calibration switches to eager, and always
+    returns its probabilities (computed anyway) as the second output, as head-similarity needs."""
+    if not hasattr(attention, "config"):
+        attention.config = config
+    if _output_attentions not in attention._forward_pre_hooks.values():
+        attention.register_forward_pre_hook(_output_attentions, with_kwargs=True)
 
 
 def block_output(output: Any) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from reprune.adapters.base import Depth2Module, Level1Part, ModelAdapter, Projection
+from reprune.adapters.base import Depth2Module, Level1Part, ModelAdapter, Projection, plain_ffn
 
 
 class GPT2Adapter(ModelAdapter):
@@ -35,15 +35,7 @@ class GPT2Adapter(ModelAdapter):
             unit_width=attn.head_dim,
             num_kv_heads=width // attn.head_dim,
         )
-        ffn = Depth2Module(
-            kind="ffn",
-            block=block_index,
-            parent=mlp,
-            level1=[Level1Part(Projection(mlp, "c_fc"))],
-            level2=Projection(mlp, "c_proj"),
-            num_units=mlp.c_proj.weight.shape[0],
-            unit_width=1,
-        )
+        ffn = plain_ffn(mlp, Projection(mlp, "c_fc"), Projection(mlp, "c_proj"), block_index)
         return [attention, ffn]
 
     def ffn_residual(self, block: nn.Module) -> nn.Module:

@@ -1,4 +1,8 @@
-"""LLaMA-family decoders (LLaMA, Mistral, Qwen2): gated FFN, RoPE attention, GQA."""
+"""LLaMA-family decoders (LLaMA, Mistral, Qwen2/3, Gemma, SmolLM3 and other LLaMA-named pre-norm decoders).
+
+Block: ``h = x + o(attn(input_layernorm(x))); out = h + down(act(gate(n)) * up(n))``,
+``n = post_attention_layernorm(h)``.
+"""
 
 from __future__ import annotations
 
@@ -7,33 +11,37 @@ from typing import Any
 import torch
 from torch import nn
 
-from reprune.adapters.base import Depth2Module, LayerShape, Level1Part, ModelAdapter, Projection, qkv_attention
+from reprune.adapters.base import Depth2Module, LayerShape, ModelAdapter, Projection, gated_ffn, qkv_attention
+
+
+# head_dim defaults to 128/256 in several LLaMA-like configs; some default pad/bos/eos ids exceed a tiny vocabulary
+TINY_LLAMA_LIKE: dict[str, Any] = {"head_dim": 8, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
 
 
 class LlamaAdapter(ModelAdapter):
     """``model.layers[i].self_attn.{q,k,v,o}_proj`` and ``mlp.{gate,up,down}_proj``."""
 
-    model_types = ("llama", "mistral", "qwen2")
+    model_types = ("llama", "mistral", "qwen2", "qwen3", "gemma", "smollm3", "helium", "olmo", "ministral",
+                   "ministral3", "hunyuan_v1_dense", "exaone", "internlm3", "iquestcoder")
     ffn_config_key = "intermediate_size"
+    tiny_config = {model_type: TINY_LLAMA_LIKE for model_type in model_types
+                   if model_type not in ("llama", "mistral", "qwen2")}
 
     def blocks(self) -> nn.ModuleList:
         return self.model.base_model.layers
 
     def modules_of(self, layer: nn.Module, block_index: int) -> list[Depth2Module]:
-        attn, mlp = layer.self_attn, layer.mlp
-        attention = qkv_attention(attn, ("q_proj", "k_proj", "v_proj"), Projection(attn, "o_proj"),
-                                  block_index, attn.head_dim)
-        ffn = Depth2Module(
-            kind="ffn",
-            block=block_index,
-            parent=mlp,
-            level1=[Level1Part(Projection(mlp, "gate_proj")), Level1Part(Projection(mlp, "up_proj"))],
-            level2=Projection(mlp, "down_proj"),
-            num_units=mlp.down_proj.in_features,
-            unit_width=1,
-            gated=True,
-        )
-        return [attention, ffn]
+        return [self.attention_of(layer, block_index), self.ffn_of(layer, block_index)]
+
+    def attention_of(self, layer: nn.Module, block_index: int) -> Depth2Module:
+        """The layer's attention (a family with other projection names overrides this)."""
+        attn = layer.self_attn
+        return qkv_attention(attn, ("q_proj", "k_proj", "v_proj"), Projection(attn, "o_proj"), block_index,
+                             attn.head_dim)
+
+    def ffn_of(self, layer: nn.Module, block_index: int) -> Depth2Module:
+        """The layer's FFN (a family with a fused or non-gated FFN overrides this)."""
+        return gated_ffn(layer.mlp, ("gate_proj", "up_proj", "down_proj"), block_index)
 
     def ffn_residual(self, block: nn.Module) -> nn.Module:
         return block.post_attention_layernorm  # out = h + mlp(post_attention_layernorm(h))
@@ -59,11 +67,14 @@ class LlamaAdapter(ModelAdapter):
         }
 
     def bias_config_updates(self) -> dict[str, Any]:
-        modules = [m for i in range(len(self.blocks())) for m in self.depth2_modules(i)]
-        return {
-            "attention_bias": any(m.level2.bias() is not None for m in modules if m.kind == "attention"),
-            "mlp_bias": any(m.level2.bias() is not None for m in modules if m.kind == "ffn"),
-        }
+        """A flag is True when any projection it covers has a bias (families whose flag skips one, e.g.
+        qwen2's o_proj or helium's, then differ from the reference model and save with the manifest)."""
+        return {"attention_bias": self.any_bias("attention"), "mlp_bias": self.any_bias("ffn")}
+
+    def any_bias(self, kind: str | None = None) -> bool:
+        """Whether any projection of any ``kind`` module (None: any module) has a bias."""
+        modules = [m for i in range(len(self.blocks())) for m in self.depth2_modules(i) if kind in (None, m.kind)]
+        return any(p.bias() is not None for m in modules for p in [part.projection for part in m.level1] + [m.level2])
 
     def materialise_bias_partners(self, module: Depth2Module) -> None:
         if module.level2.bias() is None:

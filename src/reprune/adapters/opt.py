@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from reprune.adapters.base import Depth2Module, Level1Part, ModelAdapter, Projection, qkv_attention
+from reprune.adapters.base import Depth2Module, ModelAdapter, Projection, plain_ffn, qkv_attention
 
 
 class OPTAdapter(ModelAdapter):
@@ -21,15 +21,7 @@ class OPTAdapter(ModelAdapter):
         attn = layer.self_attn
         attention = qkv_attention(attn, ("q_proj", "k_proj", "v_proj"), Projection(attn, "out_proj"),
                                   block_index, attn.head_dim)
-        ffn = Depth2Module(
-            kind="ffn",
-            block=block_index,
-            parent=layer,
-            level1=[Level1Part(Projection(layer, "fc1"))],
-            level2=Projection(layer, "fc2"),
-            num_units=layer.fc2.in_features,
-            unit_width=1,
-        )
+        ffn = plain_ffn(layer, Projection(layer, "fc1"), Projection(layer, "fc2"), block_index)
         return [attention, ffn]
 
     def ffn_residual(self, block: nn.Module) -> nn.Module | None:

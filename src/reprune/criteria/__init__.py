@@ -63,7 +63,7 @@ def level1_row_norms_sq(module: Depth2Module) -> torch.Tensor:
     for part in module.level1:
         w = part.projection.weight().detach().to("cpu", torch.float64)
         groups = module.num_kv_heads if part.per_kv_head else module.num_units
-        rows = w[part.offset : part.offset + groups * module.unit_width]
+        rows = w[module.part_rows(part, torch.arange(groups))]
         per_group = rows.reshape(groups, -1).pow(2).sum(1)
         total += per_group.repeat_interleave(module.heads_per_kv) if part.per_kv_head else per_group
     return total

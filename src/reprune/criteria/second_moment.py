@@ -27,9 +27,10 @@ def second_moment_scores(module: Depth2Module, sigma: torch.Tensor | None) -> to
     out_sq = level2_weight(module).pow(2).sum(0)
     sigma = None if sigma is None else sigma.to(torch.float64).cpu()
     if module.kind == "ffn":
-        terms = [
-            _quadratic_forms(p.projection.weight().detach().to("cpu", torch.float64), sigma) for p in module.level1
-        ]
+        units = torch.arange(module.num_units)  # a fused projection (Phi-3's gate|up) holds several parts
+        rows = [p.projection.weight().detach().to("cpu", torch.float64)[module.level1_rows(p, units)]
+                for p in module.level1]
+        terms = [_quadratic_forms(weight_rows, sigma) for weight_rows in rows]
         if module.gated:
             gate, up = terms
             return per_unit(module, out_sq * gate * up)

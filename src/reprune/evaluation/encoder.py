@@ -73,14 +73,17 @@ def embed(
 ) -> np.ndarray:
     """Attention-mask-aware mean pooling of the last hidden states, as sentence-transformers does.
 
-    ``model`` must return ``last_hidden_state`` (a base encoder such as ``AutoModel``'s BertModel).
-    Texts are batched by length to limit padding; rows come back in input order (float32, [n, hidden]).
+    ``model`` is a base encoder (``AutoModel``'s BertModel) or a model with a head on one (e.g.
+    ``MPNetForMaskedLM``, as a pruned masked-LM checkpoint loads), whose base encoder is then used: the
+    pooled states are those the head reads. Texts are batched by length to limit padding; rows come back
+    in input order (float32, [n, hidden]).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
     if not texts:
         raise ValueError("No texts to embed.")
     dev = prepare_model(model, device)
+    encoder = getattr(model, "base_model", model)  # a head model's logits are not sentence states
     max_length = min(model_max_length(model, default=512), tokenizer.model_max_length)
     order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
     pooled: list[torch.Tensor | None] = [None] * len(texts)
@@ -90,10 +93,10 @@ def embed(
             batch = tokenizer(
                 [texts[i] for i in indices], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
             ).to(dev)
-            hidden = getattr(model(**batch), "last_hidden_state", None)
+            hidden = getattr(encoder(**batch), "last_hidden_state", None)
             if hidden is None:
                 raise TypeError(
-                    f"{type(model).__name__} returns no last_hidden_state; pass the base encoder "
+                    f"{type(encoder).__name__} returns no last_hidden_state; pass the base encoder "
                     "(e.g. AutoModel.from_pretrained(...), or model.bert of a task model)."
                 )
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)

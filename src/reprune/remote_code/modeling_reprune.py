@@ -2,19 +2,26 @@
 
 Copied into the checkpoint folder by reprune, so ``from_pretrained(dir, trust_remote_code=True)`` works
 without reprune installed: ``Reprune<Class>`` exists for every transformers model class (made on first
-access), builds the original architecture, then resizes the projections and attention attributes listed
-in ``config.reprune_manifest`` before the weights are loaded. Only torch and transformers are needed.
+access), builds the original architecture, then, before the weights are loaded, applies
+``config.reprune_manifest``: projection shapes, other parameters' shapes (per-head norms), module list
+lengths (per-head norm lists), attention attributes (``config.<key>``: a key of the module's own
+:class:`LayerConfig`) and argument selections (the heads a layer reads from a position bias shared by all
+layers). Only torch and transformers are needed.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
+import torch
 import transformers
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 PREFIX = "Reprune"
+# attribute of a module whose forward argument is indexed before the call: {"argument", "dim", "index"}
+SELECTION = "reprune_selection"
 
 
 def _resolve(model: nn.Module, path: str) -> nn.Module:
@@ -25,8 +32,67 @@ def _resolve(model: nn.Module, path: str) -> nn.Module:
         return model.get_submodule(path.partition(".")[2])
 
 
+class LayerConfig:
+    """One module's view of the model config with some keys of its own (Phi-3 attention reads its head
+    count from ``self.config``); everything else, writes included, goes to the model config."""
+
+    def __init__(self, base: Any, overrides: dict[str, Any]) -> None:
+        object.__setattr__(self, "_base", base)
+        object.__setattr__(self, "_overrides", dict(overrides))
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):  # copy/pickle protocol lookups, before __init__ ran
+            raise AttributeError(name)
+        overrides = object.__getattribute__(self, "_overrides")
+        return overrides[name] if name in overrides else getattr(object.__getattribute__(self, "_base"), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self._overrides:
+            self._overrides[name] = value
+        else:
+            setattr(self._base, name, value)
+
+
+def set_attributes(module: nn.Module, attributes: dict[str, Any]) -> None:
+    """Set a module's attributes; a key ``config.<name>`` overrides ``<name>`` in its own :class:`LayerConfig`."""
+    for key, value in attributes.items():
+        name = key.removeprefix("config.")
+        if name == key:
+            setattr(module, key, value)
+            continue
+        if not isinstance(module.config, LayerConfig):
+            module.config = LayerConfig(module.config, {})
+        object.__getattribute__(module.config, "_overrides")[name] = value
+
+
+def _select_argument(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """Forward pre-hook: index the argument named in ``module.reprune_selection`` (positional or keyword)."""
+    selection = getattr(module, SELECTION)
+    name, dim = selection["argument"], selection["dim"]
+    position = list(inspect.signature(module.forward).parameters).index(name)
+    value = args[position] if position < len(args) else kwargs.get(name)
+    if value is None:
+        return args, kwargs
+    value = value.index_select(dim, torch.as_tensor(selection["index"], device=value.device))
+    if position < len(args):
+        return args[:position] + (value,) + args[position + 1 :], kwargs
+    return args, {**kwargs, name: value}
+
+
+def select_argument(module: nn.Module, argument: str, dim: int, index: list[int]) -> None:
+    """Make ``module`` see only ``index`` along ``dim`` of its forward argument ``argument`` (e.g. the
+    kept heads of a relative position bias shared by all layers); a second call narrows the first."""
+    previous = getattr(module, SELECTION, None)
+    if previous is None:
+        module.register_forward_pre_hook(_select_argument, with_kwargs=True)
+    else:
+        index = [previous["index"][i] for i in index]
+    setattr(module, SELECTION, {"argument": argument, "dim": dim, "index": list(index)})
+
+
 def apply_manifest(model: nn.Module, manifest: dict[str, Any]) -> None:
-    """Give the listed projections their pruned shapes and the attention modules their head counts."""
+    """Give the listed projections their pruned shapes, the attention modules their head counts, and
+    per-head parameters, module lists and argument selections their pruned sizes."""
     for path, spec in manifest.get("modules", {}).items():
         parent_path, _, name = path.rpartition(".")
         parent = _resolve(model, parent_path)
@@ -36,10 +102,19 @@ def apply_manifest(model: nn.Module, manifest: dict[str, Any]) -> None:
         else:
             new = nn.Linear(spec["in"], spec["out"], bias=spec["bias"])
         setattr(parent, name, new.to(device=old.weight.device, dtype=old.weight.dtype))
+    for path, shape in manifest.get("parameters", {}).items():
+        parent_path, _, name = path.rpartition(".")
+        parent = _resolve(model, parent_path)
+        old = getattr(parent, name)
+        setattr(parent, name, nn.Parameter(torch.empty(shape, dtype=old.dtype, device=old.device),
+                                           requires_grad=old.requires_grad))
+    for path, length in manifest.get("module_lists", {}).items():
+        modules = _resolve(model, path)
+        del modules[length:]
     for path, attributes in manifest.get("attributes", {}).items():
-        module = _resolve(model, path)
-        for key, value in attributes.items():
-            setattr(module, key, value)
+        set_attributes(_resolve(model, path), attributes)
+    for path, selection in manifest.get("selections", {}).items():
+        select_argument(_resolve(model, path), selection["argument"], selection["dim"], selection["index"])
 
 
 def _pruned_class(base: type) -> type:
@@ -47,7 +122,21 @@ def _pruned_class(base: type) -> type:
         base.__init__(self, config, *args, **kwargs)
         apply_manifest(self, getattr(config, "reprune_manifest", {}) or {})
 
-    return type(f"{PREFIX}{base.__name__}", (base,), {"__init__": __init__, "__module__": __name__})
+    name = f"{PREFIX}{base.__name__}"
+    _share_weight_renames(base, name)
+    return type(name, (base,), {"__init__": __init__, "__module__": __name__})
+
+
+def _share_weight_renames(base: type, name: str) -> None:
+    """Give class ``name`` the checkpoint key renames of ``base`` (e.g. GPT-NeoX's ``embed_out`` -> ``lm_head``):
+    transformers looks them up by class name or model type and skips classes defined outside it."""
+    from transformers import conversion_mapping
+
+    model_type = getattr(getattr(base, "config_class", None), "model_type", None)
+    mapping = (conversion_mapping.get_checkpoint_conversion_mapping(base.__name__)
+               or (conversion_mapping.get_checkpoint_conversion_mapping(model_type) if model_type else None))
+    if mapping:
+        conversion_mapping.register_checkpoint_conversion_mapping(name, mapping, overwrite=True)
 
 
 def __getattr__(name: str) -> type:

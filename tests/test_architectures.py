@@ -1,0 +1,154 @@
+"""Properties of individual families that the contracts (tests/test_contract.py) cannot see: specific heads
+removed from fused or interleaved projections, per-layer views of shared inputs and configs surviving
+save/load, family variants other than the contract model, and encoders evaluated through a head model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+
+from reprune import PruneConfig, load, prune, save_pruned
+from reprune.adapters import get_adapter
+from reprune.criteria import level1_row_norms_sq
+from reprune.criteria.second_moment import second_moment_scores
+from reprune.evaluation.encoder import sts_spearman
+from reprune.surgery import shrink_module
+from tiny_models import calibration_batch, contract_model, model_output
+
+IDS = calibration_batch(8, 16)
+
+
+def remove_heads(model: torch.nn.Module, removed: dict[int, list[int]]) -> None:
+    """Remove the given heads per block by surgery alone (level 2 keeps its other columns)."""
+    adapter = get_adapter(model)
+    for block, heads in removed.items():
+        module = adapter.depth2_modules(block)[0]
+        kept = torch.tensor([h for h in range(module.num_units) if h not in heads])
+        weight = module.level2.weight()[:, module.unit_channels(kept)].detach()
+        shrink_module(adapter, module, kept, weight.T, module.level2.bias())
+
+
+def zero_heads(model: torch.nn.Module, removed: dict[int, list[int]]) -> None:
+    """Zero the level-2 input columns of the given heads (what removing them must equal)."""
+    adapter = get_adapter(model)
+    with torch.no_grad():
+        for block, heads in removed.items():
+            module = adapter.depth2_modules(block)[0]
+            module.level2.weight()[:, module.unit_channels(heads)] = 0
+
+
+# different heads per block, first and last heads included: a wrong row layout or a shared input indexed
+# with another block's heads shows up
+CASES = [
+    ("gpt_neox", {0: [0], 1: [3]}, {}),  # query_key_value interleaved per head
+    ("gpt_neox", {0: [1, 2]}, {"use_parallel_residual": False}),
+    ("phi3", {0: [0, 2], 1: [1, 3]}, {}),  # [q|k|v] sections of qkv_proj, GQA
+    ("phi3", {0: [0, 1]}, {}),  # a whole KV group
+    ("mpnet", {0: [0], 1: [2, 3]}, {}),  # one relative position bias for all layers
+    ("deberta-v2", {0: [1], 1: [0, 3]}, {"share_att_key": False}),  # pos_key_proj / pos_query_proj rows
+    ("stablelm", {0: [0, 2], 1: [0, 1]}, {"use_parallel_residual": True}),  # per-head LayerNorm lists
+    ("cohere", {0: [1, 3], 1: [2, 3]}, {}),  # per-head q/k norm weight rows
+    ("distilbert", {0: [3], 1: [0]}, {}),
+]
+
+
+@pytest.mark.parametrize("model_type, removed, overrides", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+def test_removing_heads_equals_zeroing_their_columns_and_survives_save_load(model_type, removed, overrides,
+                                                                            tmp_path) -> None:
+    model, masked = contract_model(model_type, **overrides), contract_model(model_type, **overrides)
+    remove_heads(model, removed)
+    zero_heads(masked, removed)
+    expected = model_output(masked, IDS)
+    torch.testing.assert_close(model_output(model, IDS), expected, rtol=1e-5, atol=1e-5)
+    shapes = get_adapter(model).layer_shapes()
+    loaded = load(save_pruned(model, None, tmp_path / "pruned"))
+    assert get_adapter(loaded).layer_shapes() == shapes
+    torch.testing.assert_close(model_output(loaded, IDS), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_gpt_neox_head_rows_interleave_q_k_v() -> None:
+    module = get_adapter(contract_model("gpt_neox")).depth2_modules(0)[0]
+    q, k, v = module.level1
+    assert module.level1_rows(q, [1]).tolist() == list(range(24, 32))  # head 1 = rows 24..47: q, k, v
+    assert module.level1_rows(k, [1]).tolist() == list(range(32, 40))
+    assert module.level1_rows(v, [0, 2]).tolist() == list(range(16, 24)) + list(range(64, 72))
+
+
+def test_criteria_read_each_unit_s_rows_of_fused_projections() -> None:
+    ffn = get_adapter(contract_model("phi3")).depth2_modules(0)[1]
+    weight = ffn.level1[0].projection.weight().detach().double()
+    gate, up = weight[: ffn.num_units].pow(2).sum(1), weight[ffn.num_units :].pow(2).sum(1)
+    out_sq = ffn.level2.weight().detach().double().pow(2).sum(0)
+    torch.testing.assert_close(second_moment_scores(ffn, None), out_sq * gate * up)
+    torch.testing.assert_close(level1_row_norms_sq(ffn), gate + up)
+    attention = get_adapter(contract_model("gpt_neox")).depth2_modules(0)[0]
+    weight = attention.level1[0].projection.weight().detach().double()
+    per_head = weight.reshape(attention.num_units, -1).pow(2).sum(1)  # head h owns rows h*3*hd .. (h+1)*3*hd
+    torch.testing.assert_close(level1_row_norms_sq(attention), per_head)
+
+
+def test_mpnet_position_bias_selection_is_saved_and_narrows_on_a_second_pruning(tmp_path) -> None:
+    model, masked = contract_model("mpnet"), contract_model("mpnet")
+    remove_heads(model, {0: [1]})
+    remove_heads(model, {0: [0]})  # now heads 0 and 1 of the original are gone: index [2, 3]
+    zero_heads(masked, {0: [0, 1]})
+    attn = model.base_model.encoder.layer[0].attention.attn
+    assert attn.reprune_selection == {"argument": "position_bias", "dim": 1, "index": [2, 3]}
+    expected = model_output(masked, IDS)
+    torch.testing.assert_close(model_output(model, IDS), expected, rtol=1e-5, atol=1e-5)
+    loaded = load(save_pruned(model, None, tmp_path / "pruned"))
+    manifest = loaded.config.reprune_manifest
+    assert manifest["selections"] == {"encoder.layer.0.attention.attn": attn.reprune_selection}
+    torch.testing.assert_close(model_output(loaded, IDS), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_phi3_layers_read_their_own_head_count_from_a_view_of_the_model_config(tmp_path) -> None:
+    model = contract_model("phi3")
+    remove_heads(model, {0: [0, 1]})
+    loaded = load(save_pruned(model, None, tmp_path / "pruned"))
+    first, second = (layer.self_attn for layer in loaded.model.layers)
+    assert (first.config.num_attention_heads, second.config.num_attention_heads) == (2, 4)
+    assert loaded.config.num_attention_heads == 4  # the model's config is not the layer's
+    loaded.config._attn_implementation = "sdpa"  # writes reach the model config, so switching still works
+    assert first.config._attn_implementation == "sdpa"
+    loaded.config._attn_implementation = "eager"
+    assert first.config._attn_implementation == "eager"
+
+
+@pytest.mark.parametrize("model_type, overrides", [("gpt_neox", {"use_parallel_residual": False}),
+                                                   ("granite", {"residual_multiplier": 1.0})])
+def test_sequential_variants_use_exact_shortcuts(model_type, overrides, monkeypatch) -> None:
+    adapter = get_adapter(contract_model(model_type, **overrides))
+    block = adapter.blocks()[0]
+    assert adapter.attention_residual(block) is not None and adapter.ffn_residual(block) is not None
+    config = PruneConfig(ratio=0.3, batch_size=8, criterion="wanda-sp", reconstruction="liar")
+    fast, _ = prune(contract_model(model_type, **overrides), IDS, config, progress=False)
+    monkeypatch.setattr(type(adapter), "attention_residual", lambda self, block: None)
+    monkeypatch.setattr(type(adapter), "ffn_residual", lambda self, block: None)
+    slow, _ = prune(contract_model(model_type, **overrides), IDS, config, progress=False)
+    torch.testing.assert_close(model_output(fast, IDS), model_output(slow, IDS), rtol=1e-4, atol=1e-5)
+
+
+def test_olmo2_keeps_its_heads() -> None:
+    model, record = prune(contract_model("olmo2"), IDS, PruneConfig(ratio=0.3, batch_size=8), progress=False)
+    assert all(layer.units_after == layer.units_before for layer in record.layers if layer.kind == "attention")
+    assert any(layer.units_after < layer.units_before for layer in record.layers if layer.kind == "ffn")
+
+
+def test_sts_of_a_masked_lm_uses_its_base_encoder(tmp_path) -> None:
+    from reprune.models import minilm_path
+
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_path())
+    except FileNotFoundError as error:
+        pytest.skip(f"MiniLM tokenizer unavailable: {error}")
+    config = transformers.MPNetConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=48,
+                                      num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64)
+    torch.manual_seed(0)
+    model = transformers.MPNetForMaskedLM(config).eval()
+    tsv = tmp_path / "sts.tsv"
+    tsv.write_text("sentence1\tsentence2\tscore\n" + "".join(
+        f"a cat sat {i}\ta dog ran {i % 3}\t{i % 5}\n" for i in range(6)))
+    result = sts_spearman(model, tokenizer, tsv, progress=False)
+    assert result == sts_spearman(model.base_model, tokenizer, tsv, progress=False) and result["n"] == 6
