@@ -5,18 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
-from typing import Any
-
-import torch
 
 from reprune.adapters import UnsupportedArchitectureError
 from reprune.config import PruneConfig
 from reprune.criteria import CRITERIA
 from reprune.data import CorpusError
 from reprune.reconstruction import RECONSTRUCTIONS
-from reprune.models import resolve_model_dir
-from reprune.record import EVAL_FILE, RECORD_FILE
 from reprune.recovery import RECOVERIES
 
 def _add_prune_args(parser: argparse.ArgumentParser) -> None:
@@ -84,50 +78,14 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from reprune import evaluation
-    from reprune.models import load_model
-    from reprune.outputs import write_json
-    from reprune.preflight import check_eval
+    from reprune.workflow import EvalOptions, evaluate_folder
 
-    source = resolve_model_dir(args.model)
-    tasks = [t for t in (args.tasks or "").split(",") if t]
-    check_eval(source, ppl=args.ppl, seq_lens=args.seq_len, tasks=tasks, sts=args.sts, limit=args.limit,
-               batch_size=args.batch_size, max_windows=args.max_windows, speed_batch=args.speed_batch,
-               speed_len=args.speed_len, device=args.device, json_path=args.json)
-    target = Path(args.json) if args.json else None
-    if target is None and (source / RECORD_FILE).exists():
-        target = source / EVAL_FILE  # beside the checkpoint, where `reprune report` looks
-    model, tokenizer, folder = load_model(args.model, args.dtype, args.device)
-    results: dict[str, Any] = {"model": str(folder), "parameters": sum(p.numel() for p in model.parameters()),
-                               "bytes_on_disk": evaluation.directory_size(folder)}
-
-    def record(key: str, value: Any) -> None:
-        """Keep each metric as soon as it is computed: a later failure loses nothing."""
-        results[key] = value
-        if target is not None:
-            write_json(target, results)
-
-    if args.ppl:
-        text = evaluation.read_text_file(args.ppl)
-        for seq_len in args.seq_len:
-            r = evaluation.perplexity(model, tokenizer, text, seq_len=seq_len, batch_size=args.batch_size,
-                                      max_windows=args.max_windows, device=args.device)
-            record(f"ppl@{seq_len}", r)
-            print(f"perplexity ({Path(args.ppl).name}, length {seq_len}): {r['ppl']:.3f}")
-    for task in tasks:
-        r = evaluation.evaluate_tasks(model, tokenizer, [task], limit=args.limit, batch_size=args.batch_size,
-                                      device=args.device)[task]
-        record("tasks", {**results.get("tasks", {}), task: r})
-        print(f"{task}: " + ", ".join(f"{k}={v:.4f}" for k, v in r.items() if isinstance(v, float)))
-    if args.sts:
-        record("sts", evaluation.sts_spearman(model, tokenizer, device=args.device, limit=args.limit))
-        print(f"STS-B dev Spearman: {results['sts']['spearman']:.4f}")
-    if args.speed:
-        record("speed", evaluation.measure_speed(model, tokenizer, batch_size=args.speed_batch,
-                                                 prompt_len=args.speed_len, device=args.device))
-        print("speed: " + ", ".join(f"{k}={v:.4g}" for k, v in results["speed"].items() if isinstance(v, (int, float))))
+    options = EvalOptions(ppl=args.ppl, seq_lens=args.seq_len, max_windows=args.max_windows,
+                          tasks=[t for t in (args.tasks or "").split(",") if t], limit=args.limit, sts=args.sts,
+                          speed=args.speed, speed_batch=args.speed_batch, speed_len=args.speed_len,
+                          batch_size=args.batch_size, device=args.device, json=args.json)
+    _, target = evaluate_folder(args.model, options, args.dtype)
     if target is not None:
-        write_json(target, results)
         print(f"results written to {target}")
     return 0
 

@@ -7,7 +7,10 @@ locked for the whole run (:mod:`reprune.outputs`); the record names the input fo
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from reprune import pipeline
 from reprune.checkpoint import save_pruned
@@ -15,8 +18,9 @@ from reprune.config import PruneConfig
 from reprune.data import Calibration
 from reprune.models import load_model, resolve_model_dir
 from reprune.outputs import reserve_output
-from reprune.preflight import check_prune
-from reprune.record import RunRecord
+from reprune.outputs import write_json
+from reprune.preflight import check_eval, check_prune
+from reprune.record import EVAL_FILE, RECORD_FILE, RunRecord
 
 
 def prune_folder(model: str | Path, out: str | Path, config: PruneConfig, calibration: Calibration = "wiki-embedded",
@@ -34,3 +38,68 @@ def prune_folder(model: str | Path, out: str | Path, config: PruneConfig, calibr
                                         progress=progress)
         record.input_model = str(folder)
         return save_pruned(loaded, tokenizer, out, record, overwrite=overwrite), record
+
+
+@dataclass
+class EvalOptions:
+    """What ``reprune eval`` measures; every field maps to the option of the same name."""
+
+    ppl: str | None = None  # text file for perplexity
+    seq_lens: list[int] = field(default_factory=lambda: [512])
+    max_windows: int | None = None
+    tasks: list[str] = field(default_factory=list)
+    limit: int | None = None
+    sts: bool = False
+    speed: bool = False
+    speed_batch: int = 1
+    speed_len: int = 128
+    batch_size: int = 8
+    device: str | None = None
+    json: str | None = None  # default: <checkpoint>/reprune_eval.json for reprune checkpoints
+
+
+def evaluate_folder(model: str | Path, options: EvalOptions, dtype: str = "auto",
+                    announce: Callable[[str], None] = print) -> tuple[dict[str, Any], Path | None]:
+    """Measure the model in folder ``model`` (or a bundled name); returns the results and where they were
+    written. Every option and file is checked before the model loads; results are written after each metric,
+    so a later failure loses nothing. ``announce`` gets one line per metric."""
+    from reprune import evaluation
+
+    source = resolve_model_dir(model)
+    check_eval(source, ppl=options.ppl, seq_lens=options.seq_lens, tasks=options.tasks, sts=options.sts,
+               limit=options.limit, batch_size=options.batch_size, max_windows=options.max_windows,
+               speed_batch=options.speed_batch, speed_len=options.speed_len, device=options.device,
+               json_path=options.json)
+    target = Path(options.json) if options.json else None
+    if target is None and (source / RECORD_FILE).exists():
+        target = source / EVAL_FILE  # beside the checkpoint, where `reprune report` looks
+    loaded, tokenizer, folder = load_model(source, dtype, options.device)
+    results: dict[str, Any] = {"model": str(folder), "parameters": sum(p.numel() for p in loaded.parameters()),
+                               "bytes_on_disk": evaluation.directory_size(folder)}
+
+    def keep(key: str, value: Any) -> None:
+        results[key] = value
+        if target is not None:
+            write_json(target, results)
+
+    if options.ppl:
+        text = evaluation.read_text_file(options.ppl)
+        for seq_len in options.seq_lens:
+            r = evaluation.perplexity(loaded, tokenizer, text, seq_len=seq_len, batch_size=options.batch_size,
+                                      max_windows=options.max_windows, device=options.device)
+            keep(f"ppl@{seq_len}", r)
+            announce(f"perplexity ({Path(options.ppl).name}, length {seq_len}): {r['ppl']:.3f}")
+    for task in options.tasks:
+        r = evaluation.evaluate_tasks(loaded, tokenizer, [task], limit=options.limit,
+                                      batch_size=options.batch_size, device=options.device)[task]
+        keep("tasks", {**results.get("tasks", {}), task: r})
+        announce(f"{task}: " + ", ".join(f"{k}={v:.4f}" for k, v in r.items() if isinstance(v, float)))
+    if options.sts:
+        keep("sts", evaluation.sts_spearman(loaded, tokenizer, device=options.device, limit=options.limit))
+        announce(f"STS-B dev Spearman: {results['sts']['spearman']:.4f}")
+    if options.speed:
+        keep("speed", evaluation.measure_speed(loaded, tokenizer, batch_size=options.speed_batch,
+                                               prompt_len=options.speed_len, device=options.device))
+        announce("speed: " + ", ".join(f"{k}={v:.4g}" for k, v in results["speed"].items()
+                                       if isinstance(v, (int, float))))
+    return results, target
