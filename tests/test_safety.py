@@ -469,6 +469,11 @@ def _truncate_config(work: Path) -> None:
     (work / "model" / "config.json").write_text(text[: len(text) // 2])
 
 
+def _unsupported_type(work: Path) -> None:
+    config = json.loads((work / "model" / "config.json").read_text())
+    (work / "model" / "config.json").write_text(json.dumps({**config, "model_type": "mamba"}))
+
+
 def _remove_weights(work: Path) -> None:
     (work / "model" / "model.safetensors").unlink()
 
@@ -489,6 +494,7 @@ def _remove_weights(work: Path) -> None:
     (["--calib", "latin1.txt"], _latin1_corpus, "latin1.txt, line 3"),
     ([], _truncate_config, "config.json, line"),
     ([], _remove_weights, "has no weights"),
+    ([], _unsupported_type, "Unsupported architecture: model_type='mamba'"),
     (["--keep-first", "2", "--keep-last", "1"], None, "leave no block to prune out of 3"),
     (["--criterion", "head-similarity", "--targets", "ffn"], None, "cannot score ffn units"),
 ])

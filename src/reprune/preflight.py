@@ -237,7 +237,10 @@ def check_config(config: PruneConfig) -> None:
 
 def check_prune(folder: Path, config: PruneConfig, dtype: str, calib: str, text_field: str) -> None:
     """Every option of ``reprune prune`` that can be checked without loading the model."""
+    from reprune.adapters import adapter_class
+
     model_config = read_model_config(folder)
+    adapter_class(model_config.get("model_type"))  # an unsupported family is named before the weights load
     check_config(config)
     blocks = num_layers(model_config)
     if blocks is not None:  # keep_first/keep_last, criteria against targets: the pipeline's own rules
