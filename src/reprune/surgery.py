@@ -48,3 +48,42 @@ def shrink_module(
     if module.kind == "attention":
         adapter.remove_heads(module, kept_units, kept_kv_heads(module, kept_units))
     adapter.materialise_bias_partners(module)
+
+
+def shrink_experts(module: Depth2Module, kept_units: list[torch.Tensor], level2_weights: list[torch.Tensor],
+                   level2_biases: list[torch.Tensor | None]) -> None:
+    """Narrow every expert of a mixture at once: each keeps its own ``kept_units`` (all of one count, as the
+    experts share each 3-D parameter) and takes its new level-2 weight (kept channels, out) and bias."""
+    moe = module.moe
+    if len({len(kept) for kept in kept_units}) > 1:
+        raise ValueError(f"{module.name}: experts keep {[len(kept) for kept in kept_units]} neurons; "
+                         "a mixture's experts share one width, so each must keep the same number")
+    rows: dict[str, list[torch.Tensor]] = {}  # level-1 parameter -> per expert, its kept rows
+    for expert, kept in zip(moe.experts, kept_units):
+        kept = torch.as_tensor(kept, dtype=torch.long).sort().values
+        per_parameter: dict[str, list[torch.Tensor]] = {}
+        for part in expert.level1:
+            per_parameter.setdefault(part.projection.name, []).append(expert.level1_rows(part, kept))
+        for name, row_lists in per_parameter.items():
+            rows.setdefault(name, []).append(torch.cat(row_lists).sort().values)
+    first = moe.experts[0]
+    bias_names = {part.projection.name: part.projection.bias_name for part in first.level1}
+    for name, per_expert in rows.items():
+        _set_parameter(moe.module, name, torch.stack([getattr(moe.module, name)[e][r] for e, r in enumerate(per_expert)]))
+        bias_name = bias_names.get(name)
+        if bias_name and getattr(moe.module, bias_name, None) is not None:
+            bias = getattr(moe.module, bias_name)
+            _set_parameter(moe.module, bias_name, torch.stack([bias[e][r] for e, r in enumerate(per_expert)]))
+    level2 = first.level2
+    _set_parameter(moe.module, level2.name, torch.stack([w.T for w in level2_weights]))
+    if any(bias is not None for bias in level2_biases):
+        out_features = level2_weights[0].shape[1]
+        full = level2.bias_tensor(torch.Size((len(moe.experts), out_features)))
+        for e, bias in enumerate(level2_biases):
+            full.data[e] = 0 if bias is None else bias.to(full.dtype)
+
+
+def _set_parameter(parent: torch.nn.Module, name: str, value: torch.Tensor) -> None:
+    """Swap in a frozen parameter of a new shape, same dtype and device as the old one."""
+    old = getattr(parent, name)
+    setattr(parent, name, torch.nn.Parameter(value.detach().to(old.dtype).contiguous(), requires_grad=False))

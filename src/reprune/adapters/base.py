@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from reprune.remote_code.modeling_reprune import set_attributes
+from reprune.remote_code.modeling_reprune import EXPERT_BIAS, expert_bias, set_attributes
 
 ModuleKind = Literal["attention", "ffn"]
 
@@ -53,6 +54,14 @@ class Projection:
     def in_features(self) -> int:
         return self.weight().shape[1]
 
+    @property
+    def key(self) -> Any:
+        """Identifies the stored matrix: the fused parts of one projection share it."""
+        return id(self.module)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.module.parameters())
+
     def as_target(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Weight as (in, out) and bias (or None), float64: this layer as a regression target."""
         bias = self.bias()
@@ -74,6 +83,64 @@ class Projection:
                 new.bias.data = bias.to(dtype=dtype, device=device)
         new.requires_grad_(False)
         setattr(self.parent, self.name, new)
+
+
+@dataclass
+class ExpertProjection(Projection):
+    """Expert ``expert``'s matrix in the 3-D parameter ``parent.<name>`` of shape (experts, out, in): a
+    mixture keeps all its experts in one tensor. Its bias is row ``expert`` of ``parent.<bias_name>``
+    (experts, out), if the layer has one; level 2 of a mixture that has none names
+    :data:`EXPERT_BIAS`, created when a reconstruction adds a bias (see :func:`expert_bias`).
+
+    ``module`` is the experts module, so hooks see the routing it is called with. :meth:`replace` keeps the
+    shape (a re-fit); :func:`reprune.surgery.shrink_experts` narrows all experts of a layer at once.
+    """
+
+    expert: int = 0
+    bias_name: str | None = None
+
+    @property
+    def module(self) -> nn.Module:
+        return self.parent
+
+    @property
+    def is_conv1d(self) -> bool:
+        return False
+
+    @property
+    def key(self) -> Any:
+        return (id(self.parent), self.name, self.expert)
+
+    def parameter(self) -> nn.Parameter:
+        return getattr(self.parent, self.name)
+
+    def weight(self) -> torch.Tensor:
+        return self.parameter()[self.expert]
+
+    def bias(self) -> torch.Tensor | None:
+        bias = getattr(self.parent, self.bias_name, None) if self.bias_name else None
+        return None if bias is None else bias[self.expert]
+
+    def num_parameters(self) -> int:
+        bias = self.bias()
+        return self.weight().numel() + (0 if bias is None else bias.numel())
+
+    def replace(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        """Write this expert's weight (out, in) and bias in place: a mixture's experts share one width."""
+        param = self.parameter()
+        if tuple(weight.shape) != tuple(param.shape[1:]):
+            raise ValueError(f"{self.name}[{self.expert}] is {tuple(param.shape[1:])}, cannot take {tuple(weight.shape)}: "
+                             "narrow a mixture's experts together with reprune.surgery.shrink_experts")
+        param.data[self.expert] = weight.to(param.dtype)
+        if bias is not None:
+            if self.bias_name is None:
+                raise ValueError(f"{self.name} of {type(self.parent).__name__} has no bias to write")
+            self.bias_tensor(param.shape[:2]).data[self.expert] = bias.to(param.dtype)
+
+    def bias_tensor(self, shape: torch.Size) -> nn.Parameter:
+        """The (experts, out) bias parameter, created (zero, with its forward hook) if it is reprune's own."""
+        existing = getattr(self.parent, self.bias_name, None)
+        return existing if existing is not None or self.bias_name != EXPERT_BIAS else expert_bias(self.parent, shape)
 
 
 @dataclass
@@ -112,6 +179,7 @@ class Depth2Module:
     num_kv_heads: int = 0
     gated: bool = False
     removable: bool = True
+    moe: Experts | None = None
 
     @property
     def name(self) -> str:
@@ -140,6 +208,23 @@ class Depth2Module:
         if part.per_kv_head:
             units_t = torch.unique(units_t // self.heads_per_kv)
         return self.part_rows(part, units_t)
+
+
+@dataclass
+class Experts:
+    """The experts of a mixture-of-experts FFN, each a :class:`Depth2Module` of :class:`ExpertProjection` s.
+
+    ``module`` is called as ``module(hidden (T, d), top_k_index (T, k), top_k_weights (T, k))``: a forward
+    pre-hook reads which tokens each expert gets and their gate values. ``level2_input(expert, rows)`` is
+    what the expert's level 2 multiplies for those token rows, before the gate value scales it. The router
+    is not described: pruning leaves it alone. All experts have one width (one tensor), so removals go in
+    multiples of ``width_step`` (grouped_mm needs rows of a multiple of 16 bytes).
+    """
+
+    module: nn.Module
+    experts: list[Depth2Module]
+    level2_input: Callable[[Depth2Module, torch.Tensor], torch.Tensor]
+    width_step: int = 1
 
 
 @dataclass(frozen=True)
@@ -319,6 +404,32 @@ def gated_ffn(parent: nn.Module, names: tuple[str, str, str], block_index: int) 
                         level1=[Level1Part(Projection(parent, gate)), Level1Part(Projection(parent, up))],
                         level2=Projection(parent, down), num_units=getattr(parent, down).in_features, unit_width=1,
                         gated=True)
+
+
+def gated_experts(parent: nn.Module, experts: nn.Module, names: tuple[str, str], block_index: int,
+                  bias_names: tuple[str | None, str | None] = (None, EXPERT_BIAS)) -> Depth2Module:
+    """A mixture's FFN whose experts compute ``down_e(act(gate_e(x)) * up_e(x))`` from 3-D parameters
+    ``gate_up`` (experts, [gate|up], d) and ``down`` (experts, d, width) of ``experts`` (Mixtral, Qwen3-MoE).
+
+    The module's own ``level1``/``level2`` are expert 0's (same shapes as every expert's); ``moe`` holds all.
+    """
+    gate_up, down = names
+    width = getattr(experts, down).shape[2]
+    members = [Depth2Module(kind="ffn", block=block_index, parent=experts,
+                            level1=[Level1Part(ExpertProjection(experts, gate_up, e, bias_names[0])),
+                                    Level1Part(ExpertProjection(experts, gate_up, e, bias_names[0]), offset=width)],
+                            level2=ExpertProjection(experts, down, e, bias_names[1]), num_units=width,
+                            unit_width=1, gated=True) for e in range(getattr(experts, down).shape[0])]
+
+    def level2_input(expert: Depth2Module, rows: torch.Tensor) -> torch.Tensor:
+        gate, up = nn.functional.linear(rows, expert.level1[0].projection.weight()).chunk(2, dim=-1)
+        return experts.act_fn(gate) * up
+
+    step = max(1, 16 // getattr(experts, down).element_size())
+    first = members[0]
+    return Depth2Module(kind="ffn", block=block_index, parent=parent, level1=first.level1, level2=first.level2,
+                        num_units=width, unit_width=1, gated=True,
+                        moe=Experts(experts, members, level2_input, step))
 
 
 def _output_attentions(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
