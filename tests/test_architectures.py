@@ -50,6 +50,7 @@ CASES = [
     ("stablelm", {0: [0, 2], 1: [0, 1]}, {"use_parallel_residual": True}),  # per-head LayerNorm lists
     ("cohere", {0: [1, 3], 1: [2, 3]}, {}),  # per-head q/k norm weight rows
     ("distilbert", {0: [3], 1: [0]}, {}),
+    ("modernbert", {0: [0, 3], 1: [1]}, {}),  # [q|k|v] sections of Wqkv; sliding and global layers
 ]
 
 
