@@ -51,6 +51,7 @@ CASES = [
     ("cohere", {0: [1, 3], 1: [2, 3]}, {}),  # per-head q/k norm weight rows
     ("distilbert", {0: [3], 1: [0]}, {}),
     ("modernbert", {0: [0, 3], 1: [1]}, {}),  # [q|k|v] sections of Wqkv; sliding and global layers
+    ("gpt_oss", {0: [0, 2], 1: [1, 3]}, {}),  # one sink logit per head
 ]
 
 

@@ -162,3 +162,25 @@ def test_qwen3_moe_dense_and_mixture_layers_each_keep_their_own_width(tmp_path) 
     assert (config.intermediate_size, config.moe_intermediate_size) == (ffn[0].units_after, ffn[1].units_after)
     loaded = transformers.AutoModelForCausalLM.from_pretrained(out)
     torch.testing.assert_close(model_output(loaded, IDS), expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("model_type", ["mixtral", "qwen3_moe", "gpt_oss"])
+def test_the_expert_descriptions_rebuild_the_experts_output(model_type: str) -> None:
+    """Each expert's rows (gate|up halves or interleaved columns, transposed storage) and activation, as the
+    adapter describes them, give the experts module's own output."""
+    model = contract_model(model_type)
+    moe = get_adapter(model).depth2_modules(1)[1].moe
+    seen = []
+    handle = moe.module.register_forward_pre_hook(lambda _m, args: seen.append(args))
+    model_output(model, IDS[:4])
+    handle.remove()
+    hidden, index, gates = seen[0]
+    native_bias = getattr(moe.module, "down_proj_bias", None)  # GPT-OSS's, scaled by the gate value
+    rebuilt = torch.zeros_like(hidden)
+    with torch.no_grad():
+        for e, expert in enumerate(moe.experts):
+            token, slot = torch.where(index == e)
+            gate = gates[token, slot, None]
+            out = (gate * moe.level2_input(expert, hidden[token])) @ expert.level2.weight().T
+            rebuilt.index_add_(0, token, out if native_bias is None else out + gate * native_bias[e])
+        torch.testing.assert_close(rebuilt, moe.module(hidden, index, gates), rtol=1e-5, atol=1e-6)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from reprune.adapters import Depth2Module, ModelAdapter
@@ -66,16 +68,16 @@ def shrink_experts(module: Depth2Module, kept_units: list[torch.Tensor], level2_
             per_parameter.setdefault(part.projection.name, []).append(expert.level1_rows(part, kept))
         for name, row_lists in per_parameter.items():
             rows.setdefault(name, []).append(torch.cat(row_lists).sort().values)
-    first = moe.experts[0]
-    bias_names = {part.projection.name: part.projection.bias_name for part in first.level1}
+    projections = {part.projection.name: part.projection for part in moe.experts[0].level1}
     for name, per_expert in rows.items():
-        _set_parameter(moe.module, name, torch.stack([getattr(moe.module, name)[e][r] for e, r in enumerate(per_expert)]))
-        bias_name = bias_names.get(name)
-        if bias_name and getattr(moe.module, bias_name, None) is not None:
-            bias = getattr(moe.module, bias_name)
-            _set_parameter(moe.module, bias_name, torch.stack([bias[e][r] for e, r in enumerate(per_expert)]))
-    level2 = first.level2
-    _set_parameter(moe.module, level2.name, torch.stack([w.T for w in level2_weights]))
+        projection = projections[name]
+        weights = [dataclasses.replace(projection, expert=e).weight()[r] for e, r in enumerate(per_expert)]
+        _set_parameter(moe.module, name, projection.stored(weights))
+        bias = getattr(moe.module, projection.bias_name, None) if projection.bias_name else None
+        if bias is not None:
+            _set_parameter(moe.module, projection.bias_name, torch.stack([bias[e][r] for e, r in enumerate(per_expert)]))
+    level2 = moe.experts[0].level2
+    _set_parameter(moe.module, level2.name, level2.stored([w.T for w in level2_weights]))
     if any(bias is not None for bias in level2_biases):
         out_features = level2_weights[0].shape[1]
         full = level2.bias_tensor(torch.Size((len(moe.experts), out_features)))

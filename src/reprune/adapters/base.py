@@ -87,8 +87,9 @@ class Projection:
 
 @dataclass
 class ExpertProjection(Projection):
-    """Expert ``expert``'s matrix in the 3-D parameter ``parent.<name>`` of shape (experts, out, in): a
-    mixture keeps all its experts in one tensor. Its bias is row ``expert`` of ``parent.<bias_name>``
+    """Expert ``expert``'s matrix in the 3-D parameter ``parent.<name>`` of shape (experts, out, in)
+    (``transposed``: (experts, in, out), used as ``x @ W``, GPT-OSS): a mixture keeps all its experts in one
+    tensor. Its bias is row ``expert`` of ``parent.<bias_name>``
     (experts, out), if the layer has one; level 2 of a mixture that has none names
     :data:`EXPERT_BIAS`, created when a reconstruction adds a bias (see :func:`expert_bias`).
 
@@ -98,6 +99,7 @@ class ExpertProjection(Projection):
 
     expert: int = 0
     bias_name: str | None = None
+    transposed: bool = False
 
     @property
     def module(self) -> nn.Module:
@@ -115,7 +117,12 @@ class ExpertProjection(Projection):
         return getattr(self.parent, self.name)
 
     def weight(self) -> torch.Tensor:
-        return self.parameter()[self.expert]
+        weight = self.parameter()[self.expert]
+        return weight.T if self.transposed else weight
+
+    def stored(self, weights: list[torch.Tensor]) -> torch.Tensor:
+        """Per-expert (out, in) weights as the 3-D parameter stores them."""
+        return torch.stack([w.T if self.transposed else w for w in weights])
 
     def bias(self) -> torch.Tensor | None:
         bias = getattr(self.parent, self.bias_name, None) if self.bias_name else None
@@ -128,14 +135,14 @@ class ExpertProjection(Projection):
     def replace(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         """Write this expert's weight (out, in) and bias in place: a mixture's experts share one width."""
         param = self.parameter()
-        if tuple(weight.shape) != tuple(param.shape[1:]):
-            raise ValueError(f"{self.name}[{self.expert}] is {tuple(param.shape[1:])}, cannot take {tuple(weight.shape)}: "
-                             "narrow a mixture's experts together with reprune.surgery.shrink_experts")
-        param.data[self.expert] = weight.to(param.dtype)
+        if tuple(weight.shape) != tuple(self.weight().shape):
+            raise ValueError(f"{self.name}[{self.expert}] is {tuple(self.weight().shape)}, cannot take "
+                             f"{tuple(weight.shape)}: narrow a mixture's experts together with reprune.surgery.shrink_experts")
+        param.data[self.expert] = self.stored([weight])[0].to(param.dtype)
         if bias is not None:
             if self.bias_name is None:
                 raise ValueError(f"{self.name} of {type(self.parent).__name__} has no bias to write")
-            self.bias_tensor(param.shape[:2]).data[self.expert] = bias.to(param.dtype)
+            self.bias_tensor(torch.Size((param.shape[0], weight.shape[0]))).data[self.expert] = bias.to(param.dtype)
 
     def bias_tensor(self, shape: torch.Size) -> nn.Parameter:
         """The (experts, out) bias parameter, created (zero, with its forward hook) if it is reprune's own."""
@@ -409,10 +416,7 @@ def gated_ffn(parent: nn.Module, names: tuple[str, str, str], block_index: int) 
 def gated_experts(parent: nn.Module, experts: nn.Module, names: tuple[str, str], block_index: int,
                   bias_names: tuple[str | None, str | None] = (None, EXPERT_BIAS)) -> Depth2Module:
     """A mixture's FFN whose experts compute ``down_e(act(gate_e(x)) * up_e(x))`` from 3-D parameters
-    ``gate_up`` (experts, [gate|up], d) and ``down`` (experts, d, width) of ``experts`` (Mixtral, Qwen3-MoE).
-
-    The module's own ``level1``/``level2`` are expert 0's (same shapes as every expert's); ``moe`` holds all.
-    """
+    ``gate_up`` (experts, [gate|up], d) and ``down`` (experts, d, width) of ``experts`` (Mixtral, Qwen3-MoE)."""
     gate_up, down = names
     width = getattr(experts, down).shape[2]
     members = [Depth2Module(kind="ffn", block=block_index, parent=experts,
@@ -425,11 +429,20 @@ def gated_experts(parent: nn.Module, experts: nn.Module, names: tuple[str, str],
         gate, up = nn.functional.linear(rows, expert.level1[0].projection.weight()).chunk(2, dim=-1)
         return experts.act_fn(gate) * up
 
-    step = max(1, 16 // getattr(experts, down).element_size())
-    first = members[0]
-    return Depth2Module(kind="ffn", block=block_index, parent=parent, level1=first.level1, level2=first.level2,
-                        num_units=width, unit_width=1, gated=True,
-                        moe=Experts(experts, members, level2_input, step))
+    return mixture(parent, Experts(experts, members, level2_input, grouped_mm_step(getattr(experts, down))))
+
+
+def grouped_mm_step(parameter: torch.Tensor) -> int:
+    """Neurons per step of an experts' width: grouped_mm needs each row to be a multiple of 16 bytes."""
+    return max(1, 16 // parameter.element_size())
+
+
+def mixture(parent: nn.Module, moe: Experts) -> Depth2Module:
+    """The FFN module of a mixture: its own ``level1``/``level2`` are expert 0's (every expert has their
+    shapes); ``moe`` holds all experts."""
+    first = moe.experts[0]
+    return Depth2Module(kind="ffn", block=first.block, parent=parent, level1=first.level1, level2=first.level2,
+                        num_units=first.num_units, unit_width=1, gated=True, moe=moe)
 
 
 def _output_attentions(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
