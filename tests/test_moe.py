@@ -1,9 +1,7 @@
-"""Mixture-of-experts FFNs (mixtral, qwen3_moe): per-expert statistics over routed tokens weighted by gate
+"""Mixture-of-experts FFNs (mixtral, qwen3_moe, gpt_oss): per-expert statistics over routed tokens weighted by gate
 values, routed expert biases, the router left alone, per-expert records and checkpoints."""
 
 from __future__ import annotations
-
-import dataclasses
 
 import pytest
 import torch
@@ -184,3 +182,13 @@ def test_the_expert_descriptions_rebuild_the_experts_output(model_type: str) -> 
             out = (gate * moe.level2_input(expert, hidden[token])) @ expert.level2.weight().T
             rebuilt.index_add_(0, token, out if native_bias is None else out + gate * native_bias[e])
         torch.testing.assert_close(rebuilt, moe.module(hidden, index, gates), rtol=1e-5, atol=1e-6)
+
+
+def test_the_report_shows_a_mixture_as_one_ffn_row() -> None:
+    from reprune.report import block_rows
+
+    _, record = prune(contract_model("mixtral"), IDS, PruneConfig(ratio=0.3, reconstruction="liar"), progress=False)
+    for row in block_rows(record):
+        experts = [layer for layer in record.layers if layer.block == row["block"] and layer.kind == "ffn"]
+        assert row["neurons_after"] == experts[0].units_after == record.shapes[row["block"]].intermediate_size
+        assert row["ffn_error"] == pytest.approx(sum(layer.error for layer in experts) / len(experts))
