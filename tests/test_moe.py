@@ -192,3 +192,12 @@ def test_the_report_shows_a_mixture_as_one_ffn_row() -> None:
         experts = [layer for layer in record.layers if layer.block == row["block"] and layer.kind == "ffn"]
         assert row["neurons_after"] == experts[0].units_after == record.shapes[row["block"]].intermediate_size
         assert row["ffn_error"] == pytest.approx(sum(layer.error for layer in experts) / len(experts))
+
+
+@pytest.mark.parametrize("allocation", ["uniform", "global"])
+def test_an_expert_no_calibration_token_reaches_is_an_error_naming_it(allocation: str) -> None:
+    model = contract_model("gpt_oss")
+    with torch.no_grad():
+        model.model.layers[1].mlp.router.bias[2] = -1e4  # expert 2 of block 1 is never in any token's top k
+    with pytest.raises(ValueError, match=r"block 1 ffn: no calibration token is routed to experts \[2\]"):
+        prune(model, IDS, PruneConfig(ratio=0.3, allocation=allocation), progress=False)

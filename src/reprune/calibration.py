@@ -436,7 +436,16 @@ def collect_expert_stats(module: Depth2Module, needs: frozenset[str], pruned: Ca
                 raise RuntimeError(f"{module.name}: its experts were never called; the adapter does not match the model")
             routings.append(seen["routing"])
         update_expert_stats(module.moe, stats, routings[0], dense_moe, routings[1] if two_path else None)
+    _check_routed(module, stats)
     return stats
+
+
+def _check_routed(module: Depth2Module, stats: list[ModuleStats]) -> None:
+    """An expert that no calibration token reaches has no statistics to score or reconstruct it from."""
+    idle = [expert for expert, expert_stats in enumerate(stats) if not expert_stats.level2_in.n]
+    if idle:
+        raise ValueError(f"{module.name}: no calibration token is routed to experts {idle}, so their neurons "
+                         "cannot be scored or reconstructed; calibrate on more (or more varied) text")
 
 
 def collect_module_stats(module: Depth2Module, needs: frozenset[str], pruned: CalibrationPath,
@@ -449,6 +458,8 @@ def collect_module_stats(module: Depth2Module, needs: frozenset[str], pruned: Ca
     path's open tail, if any, is emptied and then keeps this pass's residual stream and level-2 inputs
     (the dense one only when this pass runs the dense path).
     """
+    if module.moe:
+        raise ValueError(f"{module.name} is a mixture of experts: gather its statistics with collect_expert_stats")
     two_path = bool(TWO_PATH_STATISTICS & needs)
     if two_path and dense is None:
         raise RuntimeError(f"{module.name}: a two-path statistic was requested without the dense path")
@@ -536,9 +547,11 @@ def collect_block_stats(block: nn.Module, modules: list[Depth2Module], needs: li
     finally:
         for handle in handles:
             handle.remove()
-    for i, wanted in enumerate(needs):
+    for i, (module, wanted) in enumerate(zip(modules, needs)):
         if "head_divergence" in wanted:
             stats[i].head_divergence = divergences[i].mean()
+        if module.moe:
+            _check_routed(module, stats[i].experts)
     return stats, acts.with_hidden(outputs)
 
 
