@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
-from reprune.adapters import Depth2Module, ModelAdapter
+from reprune.adapters import Depth2Module, ExpertProjection, ModelAdapter
 
 
 def kept_kv_heads(module: Depth2Module, kept_units: torch.Tensor) -> torch.Tensor:
@@ -60,22 +58,22 @@ def shrink_experts(module: Depth2Module, kept_units: list[torch.Tensor], level2_
     if len({len(kept) for kept in kept_units}) > 1:
         raise ValueError(f"{module.name}: experts keep {[len(kept) for kept in kept_units]} neurons; "
                          "a mixture's experts share one width, so each must keep the same number")
-    rows: dict[str, list[torch.Tensor]] = {}  # level-1 parameter -> per expert, its kept rows
+    level1: dict[str, list[tuple[ExpertProjection, torch.Tensor]]] = {}  # parameter -> per expert: its slice, kept rows
     for expert, kept in zip(moe.experts, kept_units):
         kept = torch.as_tensor(kept, dtype=torch.long).sort().values
-        per_parameter: dict[str, list[torch.Tensor]] = {}
+        per_parameter: dict[str, tuple[ExpertProjection, list[torch.Tensor]]] = {}
         for part in expert.level1:
-            per_parameter.setdefault(part.projection.name, []).append(expert.level1_rows(part, kept))
-        for name, row_lists in per_parameter.items():
-            rows.setdefault(name, []).append(torch.cat(row_lists).sort().values)
-    projections = {part.projection.name: part.projection for part in moe.experts[0].level1}
-    for name, per_expert in rows.items():
-        projection = projections[name]
-        weights = [dataclasses.replace(projection, expert=e).weight()[r] for e, r in enumerate(per_expert)]
-        _set_parameter(moe.module, name, projection.stored(weights))
-        bias = getattr(moe.module, projection.bias_name, None) if projection.bias_name else None
+            per_parameter.setdefault(part.projection.name, (part.projection, []))[1].append(expert.level1_rows(part, kept))
+        for name, (projection, row_lists) in per_parameter.items():
+            # sorted: a fused parameter keeps its layout ([gate|up] sections, or interleaved)
+            level1.setdefault(name, []).append((projection, torch.cat(row_lists).sort().values))
+    for name, per_expert in level1.items():
+        first = per_expert[0][0]
+        _set_parameter(moe.module, name, first.stored([projection.weight()[rows] for projection, rows in per_expert]))
+        bias = getattr(moe.module, first.bias_name, None) if first.bias_name else None
         if bias is not None:
-            _set_parameter(moe.module, projection.bias_name, torch.stack([bias[e][r] for e, r in enumerate(per_expert)]))
+            _set_parameter(moe.module, first.bias_name,
+                           torch.stack([bias[projection.expert][rows] for projection, rows in per_expert]))
     level2 = moe.experts[0].level2
     _set_parameter(moe.module, level2.name, level2.stored([w.T for w in level2_weights]))
     if any(bias is not None for bias in level2_biases):

@@ -89,9 +89,8 @@ class Projection:
 class ExpertProjection(Projection):
     """Expert ``expert``'s matrix in the 3-D parameter ``parent.<name>`` of shape (experts, out, in)
     (``transposed``: (experts, in, out), used as ``x @ W``, GPT-OSS): a mixture keeps all its experts in one
-    tensor. Its bias is row ``expert`` of ``parent.<bias_name>``
-    (experts, out), if the layer has one; level 2 of a mixture that has none names
-    :data:`EXPERT_BIAS`, created when a reconstruction adds a bias (see :func:`expert_bias`).
+    tensor. Its bias is row ``expert`` of ``parent.<bias_name>`` (experts, out), if the layer has one; level 2
+    of a mixture without one names :data:`EXPERT_BIAS`, created when a reconstruction adds a bias.
 
     ``module`` is the experts module, so hooks see the routing it is called with. :meth:`replace` keeps the
     shape (a re-fit); :func:`reprune.surgery.shrink_experts` narrows all experts of a layer at once.
@@ -146,8 +145,12 @@ class ExpertProjection(Projection):
 
     def bias_tensor(self, shape: torch.Size) -> nn.Parameter:
         """The (experts, out) bias parameter, created (zero, with its forward hook) if it is reprune's own."""
-        existing = getattr(self.parent, self.bias_name, None)
-        return existing if existing is not None or self.bias_name != EXPERT_BIAS else expert_bias(self.parent, shape)
+        if self.bias_name == EXPERT_BIAS:
+            return expert_bias(self.parent, shape)
+        existing = getattr(self.parent, self.bias_name or "", None)
+        if existing is None:
+            raise ValueError(f"{type(self.parent).__name__} has no bias parameter {self.bias_name!r} for {self.name}")
+        return existing
 
 
 @dataclass
@@ -173,7 +176,8 @@ class Depth2Module:
 
     Units are query heads (``unit_width = head_dim``) or FFN neurons (``unit_width = 1``). ``removable``
     False keeps every unit (allocation gives the module nothing to remove) where removing one would not be
-    exact (OLMo-2's q/k norms over all heads); recovery may still re-fit it.
+    exact (OLMo-2's q/k norms over all heads); recovery may still re-fit it. ``moe`` describes a
+    mixture-of-experts FFN (its experts, pruned one by one to a common width; see :class:`Experts`).
     """
 
     kind: ModuleKind
@@ -268,7 +272,8 @@ class ModelAdapter(ABC):
       - ``tiny_config`` [{}]: per model type, the config keys a tiny random model of it needs beyond
         hidden size 32, 4 heads (2 KV heads), FFN 48 and 2 blocks (e.g. ``head_dim``), for the contract tests.
 
-    Helpers for :meth:`modules_of`: :func:`qkv_attention`, :func:`plain_ffn`, :func:`gated_ffn`; fused
+    Helpers for :meth:`modules_of`: :func:`qkv_attention`, :func:`plain_ffn`, :func:`gated_ffn`,
+    :func:`gated_experts` / :func:`mixture` (a mixture of experts, whose FFN residual must be None); fused
     projections are several :class:`Level1Part` of one :class:`Projection` (``offset``, ``stride``); a
     module whose units cannot be removed exactly sets ``removable=False``.
     """
