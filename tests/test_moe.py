@@ -160,6 +160,9 @@ def test_qwen3_moe_dense_and_mixture_layers_each_keep_their_own_width(tmp_path) 
     assert (config.intermediate_size, config.moe_intermediate_size) == (ffn[0].units_after, ffn[1].units_after)
     loaded = transformers.AutoModelForCausalLM.from_pretrained(out)
     torch.testing.assert_close(model_output(loaded, IDS), expected, rtol=0, atol=1e-5)
+    slow, _ = prune(contract_model("qwen3_moe", **dense_first), IDS, PruneConfig(
+        ratio=0.3, reconstruction="none", targets="ffn", shortcuts=False), progress=False)
+    torch.testing.assert_close(model_output(slow, IDS), expected, rtol=1e-4, atol=1e-5)  # the dense layer's shortcut
 
 
 @pytest.mark.parametrize("model_type", ["mixtral", "qwen3_moe", "gpt_oss"])

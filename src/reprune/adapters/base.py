@@ -273,7 +273,8 @@ class ModelAdapter(ABC):
         hidden size 32, 4 heads (2 KV heads), FFN 48 and 2 blocks (e.g. ``head_dim``), for the contract tests.
 
     Helpers for :meth:`modules_of`: :func:`qkv_attention`, :func:`plain_ffn`, :func:`gated_ffn`,
-    :func:`gated_experts` / :func:`mixture` (a mixture of experts, whose FFN residual must be None); fused
+    :func:`gated_experts` / :func:`mixture` (a mixture of experts: the pipeline opens no residual tail for
+    it, the block runs again past it); fused
     projections are several :class:`Level1Part` of one :class:`Projection` (``offset``, ``stride``); a
     module whose units cannot be removed exactly sets ``removable=False``.
     """

@@ -33,10 +33,6 @@ class MixtralAdapter(LlamaAdapter):
             return super().ffn_of(layer, block_index)
         return gated_experts(layer.mlp, layer.mlp.experts, ("gate_up_proj", "down_proj"), block_index)
 
-    def ffn_residual(self, block: nn.Module) -> nn.Module | None:
-        """None for a mixture: its output is a routed sum, not one level 2 of the kept channels."""
-        return None if hasattr(block.mlp, "experts") else super().ffn_residual(block)
-
     def plain_config_updates(self, shapes: list[LayerShape]) -> dict[str, Any] | None:
         heads = {(shape.num_heads, shape.num_kv_heads, shape.head_dim) for shape in shapes}
         widths: dict[str, set[int]] = {}
