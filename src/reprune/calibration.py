@@ -378,20 +378,20 @@ def _routing_hook(moe: Experts, seen: dict[str, Routing], stop: bool) -> Removab
 
 def _routed_rows(moe: Experts, expert: int, routing: Routing, tokens: tuple[torch.Tensor, torch.Tensor],
                  want_level1: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Expert ``expert``'s level-2 input (and input, with ``want_level1``) on the routed ``tokens`` (token,
-    top-k slot) of ``routing``, each row scaled by the token's gate value: the expert's share of the output."""
+    """Expert ``expert``'s level-2 input on the routed ``tokens`` (token, top-k slot) of ``routing``, each row
+    scaled by the token's gate value (the expert's share of the output: level 2 is linear), and with
+    ``want_level1`` its input rows, unscaled (level 1 sees them so, and a fitted intercept stays exact)."""
     hidden, _, gates = routing
     token, slot = tokens
-    scale = gates[token, slot, None].to(hidden.dtype)
     rows = hidden[token]
-    level2 = moe.level2_input(moe.experts[expert], rows) * scale
-    return level2, rows * scale if want_level1 else None
+    level2 = moe.level2_input(moe.experts[expert], rows) * gates[token, slot, None].to(hidden.dtype)
+    return level2, rows if want_level1 else None
 
 
 def update_expert_stats(moe: Experts, stats: list[ModuleStats], routing: Routing, dense_moe: Experts | None = None,
                         dense_routing: Routing | None = None) -> None:
-    """Add one batch to each expert's statistics, over the tokens the pruned path routes to it. Rows are
-    scaled by the gate value, so an expert's calibration error is its part of the layer's output error.
+    """Add one batch to each expert's statistics, over the tokens the pruned path routes to it. Level-2 rows
+    are scaled by the gate value, so an expert's calibration error is its part of the layer's output error.
     Two-path moments pair them with the dense path's expert on the same tokens and gate values."""
     for expert, expert_stats in enumerate(stats):
         tokens = torch.where(routing[1] == expert)
