@@ -388,12 +388,13 @@ def _routed_rows(moe: Experts, expert: int, routing: Routing, tokens: tuple[torc
     return level2, rows if want_level1 else None
 
 
-def update_expert_stats(moe: Experts, stats: list[ModuleStats], routing: Routing, dense_moe: Experts | None = None,
-                        dense_routing: Routing | None = None) -> None:
-    """Add one batch to each expert's statistics, over the tokens the pruned path routes to it. Level-2 rows
-    are scaled by the gate value, so an expert's calibration error is its part of the layer's output error.
+def update_expert_stats(moe: Experts, stats: dict[int, ModuleStats], routing: Routing,
+                        dense_moe: Experts | None = None, dense_routing: Routing | None = None) -> None:
+    """Add one batch to the statistics of each expert in ``stats`` (index -> its statistics), over the
+    tokens the pruned path routes to it. Level-2 rows are scaled by the gate value, so an expert's
+    calibration error is its part of the layer's output error.
     Two-path moments pair them with the dense path's expert on the same tokens and gate values."""
-    for expert, expert_stats in enumerate(stats):
+    for expert, expert_stats in stats.items():
         tokens = torch.where(routing[1] == expert)
         want_level1 = expert_stats.level1_in is not None
         level2, level1 = _routed_rows(moe, expert, routing, tokens, want_level1)
@@ -412,15 +413,17 @@ def update_expert_stats(moe: Experts, stats: list[ModuleStats], routing: Routing
 
 @torch.inference_mode()
 def collect_expert_stats(module: Depth2Module, needs: frozenset[str], pruned: CalibrationPath,
-                         dense: CalibrationPath | None = None) -> list[ModuleStats]:
-    """Per expert of a mixture-of-experts FFN, the statistics ``needs`` asks for (as
-    :func:`collect_module_stats`), over the tokens routed to it and weighted by their gate values (see
-    :func:`update_expert_stats`). Each forward stops at the experts; a mixture keeps no residual tail."""
+                         dense: CalibrationPath | None = None, experts: list[int] | None = None) -> list[ModuleStats]:
+    """Per expert of a mixture-of-experts FFN (``experts``: only these, in this order), the statistics
+    ``needs`` asks for (as :func:`collect_module_stats`), over the tokens routed to it and weighted by their
+    gate values (see :func:`update_expert_stats`). Each forward stops at the experts; a mixture keeps no
+    residual tail."""
     two_path = bool(TWO_PATH_STATISTICS & needs)
     if two_path and dense is None:
         raise RuntimeError(f"{module.name}: a two-path statistic was requested without the dense path")
     dense_moe = dense.module(module.kind).moe if two_path else None
-    stats = [_empty_stats(needs) for _ in module.moe.experts]
+    chosen = range(len(module.moe.experts)) if experts is None else experts
+    stats = {expert: _empty_stats(needs) for expert in chosen}
     for batch in range(len(pruned.acts.hidden)):
         routings = []
         for path, moe in [(pruned, module.moe)] + ([(dense, dense_moe)] if two_path else []):
@@ -433,16 +436,17 @@ def collect_expert_stats(module: Depth2Module, needs: frozenset[str], pruned: Ca
             finally:
                 handle.remove()
             if "routing" not in seen:
-                raise RuntimeError(f"{module.name}: its experts were never called; the adapter does not match the model")
+                raise RuntimeError(f"{module.name}: its experts were never called; "
+                                   "the adapter does not match the model")
             routings.append(seen["routing"])
         update_expert_stats(module.moe, stats, routings[0], dense_moe, routings[1] if two_path else None)
     _check_routed(module, stats)
-    return stats
+    return list(stats.values())
 
 
-def _check_routed(module: Depth2Module, stats: list[ModuleStats]) -> None:
+def _check_routed(module: Depth2Module, stats: dict[int, ModuleStats]) -> None:
     """An expert that no calibration token reaches has no statistics to score or reconstruct it from."""
-    idle = [expert for expert, expert_stats in enumerate(stats) if not expert_stats.level2_in.n]
+    idle = [expert for expert, expert_stats in stats.items() if not expert_stats.level2_in.n]
     if idle:
         raise ValueError(f"{module.name}: no calibration token is routed to experts {idle}, so their neurons "
                          "cannot be scored or reconstructed; calibrate on more (or more varied) text")
@@ -534,7 +538,7 @@ def collect_block_stats(block: nn.Module, modules: list[Depth2Module], needs: li
                 outputs.append(block_output(block(hidden, **kwargs)))
             for i, (module, wanted, seen) in enumerate(zip(modules, needs, found)):
                 if module.moe and "routing" in seen:
-                    update_expert_stats(module.moe, stats[i].experts, seen["routing"])
+                    update_expert_stats(module.moe, dict(enumerate(stats[i].experts)), seen["routing"])
                     continue
                 if "level2_in" not in seen:
                     raise RuntimeError(f"{module.name}: its level-2 input was never captured; "
@@ -551,7 +555,7 @@ def collect_block_stats(block: nn.Module, modules: list[Depth2Module], needs: li
         if "head_divergence" in wanted:
             stats[i].head_divergence = divergences[i].mean()
         if module.moe:
-            _check_routed(module, stats[i].experts)
+            _check_routed(module, dict(enumerate(stats[i].experts)))
     return stats, acts.with_hidden(outputs)
 
 

@@ -203,7 +203,7 @@ def prune_experts(plan: Plan, module: Depth2Module, n_remove: int, pruned: Calib
     else:
         for index, (expert, dense_expert) in enumerate(zip(experts, dense_experts)):
             def restat(needs: frozenset[str], index: int = index) -> ModuleStats:
-                return collect_expert_stats(module, needs, pruned, dense)[index]
+                return collect_expert_stats(module, needs, pruned, dense, [index])[0]
 
             plan.recovery.fn(RecoveryInput(expert, dense_expert, plan.config.recovery_alpha, restat))
         stats = collect_expert_stats(module, plan.needs(module.kind), pruned, dense)

@@ -63,7 +63,8 @@ def shrink_experts(module: Depth2Module, kept_units: list[torch.Tensor], level2_
         kept = torch.as_tensor(kept, dtype=torch.long).sort().values
         per_parameter: dict[str, tuple[ExpertProjection, list[torch.Tensor]]] = {}
         for part in expert.level1:
-            per_parameter.setdefault(part.projection.name, (part.projection, []))[1].append(expert.level1_rows(part, kept))
+            rows = expert.level1_rows(part, kept)
+            per_parameter.setdefault(part.projection.name, (part.projection, []))[1].append(rows)
         for name, (projection, row_lists) in per_parameter.items():
             # sorted: a fused parameter keeps its layout ([gate|up] sections, or interleaved)
             level1.setdefault(name, []).append((projection, torch.cat(row_lists).sort().values))

@@ -136,7 +136,8 @@ class ExpertProjection(Projection):
         param = self.parameter()
         if tuple(weight.shape) != tuple(self.weight().shape):
             raise ValueError(f"{self.name}[{self.expert}] is {tuple(self.weight().shape)}, cannot take "
-                             f"{tuple(weight.shape)}: narrow a mixture's experts together with reprune.surgery.shrink_experts")
+                             f"{tuple(weight.shape)}: narrow a mixture's experts together with "
+                             "reprune.surgery.shrink_experts")
         param.data[self.expert] = self.stored([weight])[0].to(param.dtype)
         if bias is not None:
             if self.bias_name is None:
