@@ -50,6 +50,8 @@ CASES = [
     ("stablelm", {0: [0, 2], 1: [0, 1]}, {"use_parallel_residual": True}),  # per-head LayerNorm lists
     ("cohere", {0: [1, 3], 1: [2, 3]}, {}),  # per-head q/k norm weight rows
     ("distilbert", {0: [3], 1: [0]}, {}),
+    ("modernbert", {0: [0, 3], 1: [1]}, {}),  # [q|k|v] sections of Wqkv; sliding and global layers
+    ("gpt_oss", {0: [0, 2], 1: [1, 3]}, {}),  # one sink logit per head
 ]
 
 
@@ -152,3 +154,25 @@ def test_sts_of_a_masked_lm_uses_its_base_encoder(tmp_path) -> None:
         f"a cat sat {i}\ta dog ran {i % 3}\t{i % 5}\n" for i in range(6)))
     result = sts_spearman(model, tokenizer, tsv, progress=False)
     assert result == sts_spearman(model.base_model, tokenizer, tsv, progress=False) and result["n"] == 6
+
+
+def test_multimodal_gemma3_prunes_its_text_decoder_only_and_saves_sizes_in_the_text_config(tmp_path) -> None:
+    dense = contract_model("gemma3")
+    model, record = prune(contract_model("gemma3"), IDS, PruneConfig(ratio=0.3, reconstruction="none",
+                                                                      targets="ffn"), progress=False)
+    assert type(model).__name__ == "Gemma3ForConditionalGeneration"
+    assert all(shape.intermediate_size < 48 for shape in record.shapes)
+    untouched = ("model.vision_tower.", "model.multi_modal_projector.")
+    for name, tensor in dense.state_dict().items():
+        if name.startswith(untouched):
+            assert torch.equal(model.state_dict()[name], tensor), name
+    expected = model_output(model, IDS)
+    out = save_pruned(model, None, tmp_path / "pruned", record)
+    loaded = transformers.Gemma3ForConditionalGeneration.from_pretrained(out)  # plain transformers
+    assert loaded.config.text_config.intermediate_size == record.shapes[0].intermediate_size
+    torch.testing.assert_close(model_output(loaded, IDS), expected, rtol=0, atol=1e-5)
+    ids = torch.cat([torch.tensor([[297] + [299] * 4 + [298]]), IDS[:1, :8]], dim=1)  # an image, then text
+    pixels = torch.randn(1, 3, 28, 28)
+    with torch.no_grad():
+        logits = loaded(input_ids=ids, pixel_values=pixels).logits
+    assert logits.shape == (1, ids.shape[1], 300) and torch.isfinite(logits).all()

@@ -123,8 +123,11 @@ def test_bert_head_pruned_loads_with_remote_code(ids, tmp_path):
 
 # each needs a manifest feature besides projection shapes: a layer's own view of the config (phi3), an
 # argument selection (mpnet), a module list length (stablelm), a per-head parameter shape (cohere), the base
-# class's checkpoint key renames (gpt_neox's embed_out)
+# class's checkpoint key renames (gpt_neox's embed_out), 3-D expert parameters with reprune's routed expert
+# biases (mixtral), per-head sinks beside transposed experts (gpt_oss)
 MANIFEST_FEATURES = [("phi3", "AutoModelForCausalLM", "ReprunePhi3ForCausalLM"),
+                     ("mixtral", "AutoModelForCausalLM", "RepruneMixtralForCausalLM"),
+                     ("gpt_oss", "AutoModelForCausalLM", "RepruneGptOssForCausalLM"),
                      ("mpnet", "AutoModel", "RepruneMPNetModel"),
                      ("stablelm", "AutoModelForCausalLM", "RepruneStableLmForCausalLM"),
                      ("cohere", "AutoModelForCausalLM", "RepruneCohereForCausalLM"),

@@ -74,6 +74,8 @@ def test_none_equals_zeroing_the_removed_columns(model_type: str, criterion: str
     with torch.no_grad():
         for layer in record.layers:
             module = adapter.depth2_modules(layer.block)[0 if layer.kind == "attention" else 1]
+            if layer.expert is not None:  # a mixture's: one record per expert
+                module = module.moe.experts[layer.expert]
             removed = torch.ones(module.num_units * module.unit_width, dtype=torch.bool)
             removed[module.unit_channels(layer.kept_units)] = False
             module.level2.weight()[:, removed] = 0

@@ -38,11 +38,13 @@ class ModuleBudget:
 
 
 def projection_params(module: Depth2Module) -> int:
-    """Parameters of all the module's projections (weights and biases; fused projections counted once)."""
-    seen: dict[int, int] = {}
+    """Parameters of all the module's projections (weights and biases; fused projections counted once;
+    a mixture's: all its experts')."""
+    if module.moe:
+        return sum(projection_params(expert) for expert in module.moe.experts)
+    seen: dict[object, int] = {}
     for proj in [p.projection for p in module.level1] + [module.level2]:
-        m = proj.module
-        seen[id(m)] = sum(p.numel() for p in m.parameters())
+        seen[proj.key] = proj.num_parameters()
     return sum(seen.values())
 
 
@@ -52,7 +54,13 @@ def removes_kv_heads(module: Depth2Module, gqa_mode: GqaMode) -> bool:
 
 
 def module_budget(module: Depth2Module, gqa_mode: GqaMode) -> ModuleBudget:
-    """Describe a module for allocation: legal step, maximum removal and parameters per unit."""
+    """Describe a module for allocation: legal step, maximum removal and parameters per unit. A mixture's
+    unit is one neuron of every expert (they share one width), in steps of its ``width_step``."""
+    if module.moe:
+        experts = module.moe.experts
+        step = module.moe.width_step
+        return ModuleBudget(module.block, module.kind, module.num_units, step, max(module.num_units - step, 0),
+                            module_budget(experts[0], gqa_mode).unit_cost * len(experts), projection_params(module))
     cost = float(module.unit_width * module.level2.out_features)
     for part in module.level1:
         if part.per_kv_head and not removes_kv_heads(module, gqa_mode):
@@ -133,7 +141,7 @@ def _uniform(pool: list[ModuleBudget], target: float, counts: dict) -> dict[tupl
         spent += counts[b.key] * b.unit_cost
     per_block = max(target - spent, 0.0) / sum(b.unit_cost for b in ffns)
     for b in ffns:
-        counts[b.key] = max(0, min(int(round(per_block)), b.max_remove))
+        counts[b.key] = _legal(per_block, b, "nearest")
     return counts
 
 
@@ -168,6 +176,9 @@ def _global(pool: list[ModuleBudget], target: float, counts: dict,
             break
         counts[b.key] += 1
         spent += b.unit_cost
+    for b in pool:  # a mixture's neurons go in whole steps
+        if b.kind == "ffn" and b.step > 1:
+            counts[b.key] = _legal(counts[b.key], b, "nearest")
     return counts
 
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from reprune.adapters import Depth2Module, ModelAdapter, ModuleKind, block_output
+from reprune.adapters import Depth2Module, Experts, ModelAdapter, ModuleKind, block_output
 from reprune.stats import TWO_PATH_STATISTICS, CrossMoments, Moments, ModuleStats, head_divergence_sum
 
 
@@ -350,6 +350,108 @@ class CalibrationPath:
         self.block = self.runner = self.tail = self.output = None
 
 
+def _empty_stats(needs: frozenset[str]) -> ModuleStats:
+    """The moments that ``needs`` asks for, before any row; cross moments share the pruned path's."""
+    stats = ModuleStats()
+    if {"level1_in", "level1_cross"} & needs:
+        stats.level1_in = Moments()
+    if "level2_cross" in needs:
+        stats.level2_cross = CrossMoments(pruned=stats.level2_in)
+    if "level1_cross" in needs:
+        stats.level1_cross = CrossMoments(pruned=stats.level1_in)
+    return stats
+
+
+Routing = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # hidden (T, d), top-k expert indices and gate values (T, k)
+
+
+def _routing_hook(moe: Experts, seen: dict[str, Routing], stop: bool) -> RemovableHandle:
+    """A pre-hook keeping the experts module's inputs in ``seen["routing"]`` (then stopping the forward)."""
+
+    def hook(_m: nn.Module, args: tuple) -> None:
+        seen["routing"] = tuple(a.detach() for a in args[:3])
+        if stop:
+            raise _StopForward
+
+    return moe.module.register_forward_pre_hook(hook)
+
+
+def _routed_rows(moe: Experts, expert: int, routing: Routing, tokens: tuple[torch.Tensor, torch.Tensor],
+                 want_level1: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Expert ``expert``'s level-2 input on the routed ``tokens`` (token, top-k slot) of ``routing``, each row
+    scaled by the token's gate value (the expert's share of the output: level 2 is linear), and with
+    ``want_level1`` its input rows, unscaled (level 1 sees them so, and a fitted intercept stays exact)."""
+    hidden, _, gates = routing
+    token, slot = tokens
+    rows = hidden[token]
+    level2 = moe.level2_input(moe.experts[expert], rows) * gates[token, slot, None].to(hidden.dtype)
+    return level2, rows if want_level1 else None
+
+
+def update_expert_stats(moe: Experts, stats: dict[int, ModuleStats], routing: Routing,
+                        dense_moe: Experts | None = None, dense_routing: Routing | None = None) -> None:
+    """Add one batch to the statistics of each expert in ``stats`` (index -> its statistics), over the
+    tokens the pruned path routes to it. Level-2 rows are scaled by the gate value, so an expert's
+    calibration error is its part of the layer's output error.
+    Two-path moments pair them with the dense path's expert on the same tokens and gate values."""
+    for expert, expert_stats in stats.items():
+        tokens = torch.where(routing[1] == expert)
+        want_level1 = expert_stats.level1_in is not None
+        level2, level1 = _routed_rows(moe, expert, routing, tokens, want_level1)
+        if dense_moe is not None:
+            dense = (dense_routing[0], routing[1], routing[2])  # the dense path's inputs, the pruned routing
+            dense_level2, dense_level1 = _routed_rows(dense_moe, expert, dense, tokens, want_level1)
+        if expert_stats.level2_cross is not None:
+            expert_stats.level2_cross.update(level2, dense_level2)
+        else:
+            expert_stats.level2_in.update(level2)
+        if expert_stats.level1_cross is not None:
+            expert_stats.level1_cross.update(level1, dense_level1)
+        elif want_level1:
+            expert_stats.level1_in.update(level1)
+
+
+@torch.inference_mode()
+def collect_expert_stats(module: Depth2Module, needs: frozenset[str], pruned: CalibrationPath,
+                         dense: CalibrationPath | None = None, experts: list[int] | None = None) -> list[ModuleStats]:
+    """Per expert of a mixture-of-experts FFN (``experts``: only these, in this order), the statistics
+    ``needs`` asks for (as :func:`collect_module_stats`), over the tokens routed to it and weighted by their
+    gate values (see :func:`update_expert_stats`). Each forward stops at the experts; a mixture keeps no
+    residual tail."""
+    two_path = bool(TWO_PATH_STATISTICS & needs)
+    if two_path and dense is None:
+        raise RuntimeError(f"{module.name}: a two-path statistic was requested without the dense path")
+    dense_moe = dense.module(module.kind).moe if two_path else None
+    chosen = range(len(module.moe.experts)) if experts is None else experts
+    stats = {expert: _empty_stats(needs) for expert in chosen}
+    for batch in range(len(pruned.acts.hidden)):
+        routings = []
+        for path, moe in [(pruned, module.moe)] + ([(dense, dense_moe)] if two_path else []):
+            seen: dict[str, Routing] = {}
+            handle = _routing_hook(moe, seen, stop=True)
+            try:
+                path.runner(path.acts.hidden[batch], **path.acts.kwargs[batch])
+            except _StopForward:
+                pass
+            finally:
+                handle.remove()
+            if "routing" not in seen:
+                raise RuntimeError(f"{module.name}: its experts were never called; "
+                                   "the adapter does not match the model")
+            routings.append(seen["routing"])
+        update_expert_stats(module.moe, stats, routings[0], dense_moe, routings[1] if two_path else None)
+    _check_routed(module, stats)
+    return list(stats.values())
+
+
+def _check_routed(module: Depth2Module, stats: dict[int, ModuleStats]) -> None:
+    """An expert that no calibration token reaches has no statistics to score or reconstruct it from."""
+    idle = [expert for expert, expert_stats in stats.items() if not expert_stats.level2_in.n]
+    if idle:
+        raise ValueError(f"{module.name}: no calibration token is routed to experts {idle}, so their neurons "
+                         "cannot be scored or reconstructed; calibrate on more (or more varied) text")
+
+
 def collect_module_stats(module: Depth2Module, needs: frozenset[str], pruned: CalibrationPath,
                          dense: CalibrationPath | None = None) -> ModuleStats:
     """Accumulate the statistics ``needs`` asks for over all calibration batches.
@@ -360,6 +462,8 @@ def collect_module_stats(module: Depth2Module, needs: frozenset[str], pruned: Ca
     path's open tail, if any, is emptied and then keeps this pass's residual stream and level-2 inputs
     (the dense one only when this pass runs the dense path).
     """
+    if module.moe:
+        raise ValueError(f"{module.name} is a mixture of experts: gather its statistics with collect_expert_stats")
     two_path = bool(TWO_PATH_STATISTICS & needs)
     if two_path and dense is None:
         raise RuntimeError(f"{module.name}: a two-path statistic was requested without the dense path")
@@ -368,14 +472,8 @@ def collect_module_stats(module: Depth2Module, needs: frozenset[str], pruned: Ca
     for path in paths:
         if path.tail is not None:
             path.tail.reset()
-    stats = ModuleStats()
-    want_level1 = bool({"level1_in", "level1_cross"} & needs)
-    if want_level1:
-        stats.level1_in = Moments()
-    if "level2_cross" in needs:
-        stats.level2_cross = CrossMoments(pruned=stats.level2_in)
-    if "level1_cross" in needs:
-        stats.level1_cross = CrossMoments(pruned=stats.level1_in)
+    stats = _empty_stats(needs)
+    want_level1 = stats.level1_in is not None
     want_attention = "head_divergence" in needs
     if want_attention:
         _check_explicit_masks(module, pruned.acts)
@@ -412,16 +510,23 @@ def collect_block_stats(block: nn.Module, modules: list[Depth2Module], needs: li
     """Single-path statistics of several modules of one block and the block's outputs, from one forward
     per batch (the dense scoring pass of global allocation). ``needs`` per module, as for
     :func:`collect_module_stats` (no two-path names); without ``level2_in`` the level-2 input keeps
-    per-channel moments only (``level2_diag``)."""
-    stats = [ModuleStats(level2_in=Moments(diagonal_only="level2_in" not in wanted),
-                         level1_in=Moments() if "level1_in" in wanted else None) for wanted in needs]
+    per-channel moments only (``level2_diag``). A mixture's statistics are per expert (``experts``)."""
+    def empty(wanted: frozenset[str]) -> ModuleStats:
+        return ModuleStats(level2_in=Moments(diagonal_only="level2_in" not in wanted),
+                           level1_in=Moments() if "level1_in" in wanted else None)
+
+    stats = [ModuleStats(experts=[empty(wanted) for _ in module.moe.experts]) if module.moe else empty(wanted)
+             for module, wanted in zip(modules, needs)]
     found: list[dict[str, torch.Tensor]] = [{} for _ in modules]
     handles: list[RemovableHandle] = []
     for module, wanted in zip(modules, needs):
         if "head_divergence" in wanted:
             _check_explicit_masks(module, acts)
     for module, wanted, seen in zip(modules, needs, found):
-        handles += _hook_module_inputs(module, seen, "level1_in" in wanted, "head_divergence" in wanted)
+        if module.moe:
+            handles.append(_routing_hook(module.moe, seen, stop=False))
+        else:
+            handles += _hook_module_inputs(module, seen, "level1_in" in wanted, "head_divergence" in wanted)
     attention = next((m.parent for m, wanted in zip(modules, needs) if "head_divergence" in wanted), None)
     divergences = [_DivergenceMean() for _ in modules]
     outputs = []
@@ -432,6 +537,9 @@ def collect_block_stats(block: nn.Module, modules: list[Depth2Module], needs: li
             with attention_implementation(attention.config, "eager") if attention is not None else nullcontext():
                 outputs.append(block_output(block(hidden, **kwargs)))
             for i, (module, wanted, seen) in enumerate(zip(modules, needs, found)):
+                if module.moe and "routing" in seen:
+                    update_expert_stats(module.moe, dict(enumerate(stats[i].experts)), seen["routing"])
+                    continue
                 if "level2_in" not in seen:
                     raise RuntimeError(f"{module.name}: its level-2 input was never captured; "
                                        "the adapter does not match the model")
@@ -443,9 +551,11 @@ def collect_block_stats(block: nn.Module, modules: list[Depth2Module], needs: li
     finally:
         for handle in handles:
             handle.remove()
-    for i, wanted in enumerate(needs):
+    for i, (module, wanted) in enumerate(zip(modules, needs)):
         if "head_divergence" in wanted:
             stats[i].head_divergence = divergences[i].mean()
+        if module.moe:
+            _check_routed(module, dict(enumerate(stats[i].experts)))
     return stats, acts.with_hidden(outputs)
 
 

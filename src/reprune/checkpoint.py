@@ -53,10 +53,11 @@ def _reference_model(model: nn.Module, config: transformers.PretrainedConfig) ->
 
 def manifest_against(model: nn.Module, config: transformers.PretrainedConfig, adapter: ModelAdapter) -> dict[str, Any]:
     """What differs from the model ``config`` builds: projection shapes and biases, other parameters'
-    shapes (per-head norms), module list lengths (per-head norm lists), argument selections (heads of a
-    shared position bias); plus the attention attributes. Empty when nothing differs."""
+    shapes (per-head norms, a mixture's 3-D expert parameters), biases reprune gave a mixture's experts,
+    module list lengths (per-head norm lists), argument selections (heads of a shared position bias); plus
+    the attention attributes. Empty when nothing differs."""
     reference = _reference_model(model, config)
-    modules, parameters, module_lists, selections = {}, {}, {}, {}
+    modules, parameters, expert_biases, module_lists, selections = {}, {}, {}, {}, {}
     for name, module in model.named_modules():
         if isinstance(module, (nn.Linear, Conv1D)):
             spec = _shape_spec(module)
@@ -64,13 +65,15 @@ def manifest_against(model: nn.Module, config: transformers.PretrainedConfig, ad
                 modules[name] = spec
             continue
         for param_name, param in module.named_parameters(recurse=False):
-            if param.shape != getattr(reference.get_submodule(name), param_name).shape:
+            if param_name == modeling_reprune.EXPERT_BIAS:
+                expert_biases[name] = list(param.shape)
+            elif param.shape != getattr(reference.get_submodule(name), param_name).shape:
                 parameters[f"{name}.{param_name}" if name else param_name] = list(param.shape)
         if isinstance(module, nn.ModuleList) and len(module) != len(reference.get_submodule(name)):
             module_lists[name] = len(module)
         if hasattr(module, modeling_reprune.SELECTION):
             selections[name] = getattr(module, modeling_reprune.SELECTION)
-    if not (modules or parameters or module_lists or selections):
+    if not (modules or parameters or expert_biases or module_lists or selections):
         return {}
     paths = {id(m): name for name, m in model.named_modules()}
     attributes = {}
@@ -78,7 +81,8 @@ def manifest_against(model: nn.Module, config: transformers.PretrainedConfig, ad
         attention = adapter.depth2_modules(index)[0]
         attributes[paths[id(attention.parent)]] = adapter.attention_attributes(
             shape.num_heads, shape.num_kv_heads, shape.head_dim)
-    return {"version": 1, "modules": modules, "parameters": parameters, "module_lists": module_lists,
+    return {"version": 1, "modules": modules, "parameters": parameters, "expert_biases": expert_biases,
+            "module_lists": module_lists,
             "selections": selections, "attributes": attributes}
 
 

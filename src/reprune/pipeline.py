@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import platform
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 import transformers
@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 
 from reprune.adapters import Depth2Module, ModelAdapter, get_adapter
 from reprune.allocation import allocate, legal_count, module_budget, projection_params, select_units
-from reprune.calibration import Activations, CalibrationPath, capture_block_inputs, collect_module_stats
+from reprune.calibration import (Activations, CalibrationPath, capture_block_inputs, collect_expert_stats,
+                                 collect_module_stats)
 from reprune.config import Plan, PruneConfig
 from reprune.data import Calibration, calibration_source, resolve_calibration
 from reprune.preflight import check_calibration_ids, check_config, check_finite_weights
@@ -29,7 +30,7 @@ from reprune.record import CalibrationInfo, LayerRecord, ParameterCounts, RunRec
 from reprune.recovery import RecoveryInput
 from reprune.scoring import Scores, check_scores, score_dense_model
 from reprune.stats import ModuleStats
-from reprune.surgery import shrink_module
+from reprune.surgery import shrink_experts, shrink_module
 
 
 @torch.no_grad()
@@ -109,6 +110,9 @@ def prune_block(adapter: ModelAdapter, plan: Plan, index: int, counts: dict[tupl
         if n_remove == 0 and not ((index, kind) in plan.eligible and plan.always_processed(kind)):
             continue
         module = adapter.modules_of(block, index)[position]  # read afresh: surgery replaced projections
+        if module.moe:  # no residual tail: the block runs again past its mixture
+            layers += prune_experts(plan, module, n_remove, pruned, dense, generator)
+            continue
         for path in paths:
             path.open_tail(kind)
         layer = prune_module(adapter, plan, module, n_remove, pruned, dense, generator)
@@ -139,11 +143,36 @@ def prune_module(adapter: ModelAdapter, plan: Plan, module: Depth2Module, n_remo
         stats = restat(plan.needs(module.kind))
     seconds_stats = time.perf_counter() - tick
     criterion = plan.criteria[module.kind]
-    scores = criterion.score(module, stats, generator)
     if criterion.count is not None:  # e.g. head-similarity's threshold τ replaces the allocated count
         wanted = criterion.count(module, stats, plan.config.criterion_options)
         if wanted is not None:
             n_remove = legal_count(module, wanted, plan.config.gqa_mode)
+    fit = select_and_reconstruct(plan, module, stats, n_remove, dense_module, generator)
+    shrink_module(adapter, module, fit.kept_units, fit.weight, fit.bias)
+    return fit.record(module, seconds_stats)
+
+
+@dataclass
+class Fit:
+    """One module's kept units, its new level-2 weight (kept channels, out) and bias, and their errors."""
+
+    kept_units: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    error_none: float | None
+    error: float | None
+    seconds_solve: float
+
+    def record(self, module: Depth2Module, seconds_stats: float, expert: int | None = None) -> LayerRecord:
+        return LayerRecord(module.block, module.kind, module.num_units, len(self.kept_units),
+                           self.kept_units.tolist(), self.error_none, self.error, seconds_stats, self.seconds_solve,
+                           expert)
+
+
+def select_and_reconstruct(plan: Plan, module: Depth2Module, stats: ModuleStats, n_remove: int,
+                           dense_module: Depth2Module | None, generator: torch.Generator) -> Fit:
+    """Score the module's units, keep all but the ``n_remove`` lowest and reconstruct its level 2 (no surgery)."""
+    scores = plan.criteria[module.kind].score(module, stats, generator)
     kept_units = select_units(module, scores, n_remove, plan.config.gqa_mode)
     kept = module.unit_channels(kept_units)
     removed = torch.ones(module.num_units * module.unit_width, dtype=torch.bool)
@@ -155,11 +184,34 @@ def prune_module(adapter: ModelAdapter, plan: Plan, module: Depth2Module, n_remo
     if not torch.isfinite(new_weight).all() or (new_bias is not None and not torch.isfinite(new_bias).all()):
         raise FloatingPointError(f"{module.name}: reconstruction produced NaN/Inf weights")
     error_none, error = relative_errors(inp, new_weight, new_bias)
-    seconds_solve = time.perf_counter() - tick
+    return Fit(kept_units, new_weight, new_bias, error_none, error, time.perf_counter() - tick)
 
-    shrink_module(adapter, module, kept_units, new_weight, new_bias)
-    return LayerRecord(module.block, module.kind, module.num_units, len(kept_units), kept_units.tolist(),
-                       error_none, error, seconds_stats, seconds_solve)
+
+def prune_experts(plan: Plan, module: Depth2Module, n_remove: int, pruned: CalibrationPath | None,
+                  dense: CalibrationPath | None, generator: torch.Generator) -> list[LayerRecord]:
+    """A mixture-of-experts FFN: each expert is recovered, scored and reconstructed on the tokens routed to
+    it, weighted by their gate values; every expert loses ``n_remove`` neurons of its own (one tensor holds
+    them all). One record per expert; the statistics' time is shared out evenly."""
+    if plan.criteria[module.kind].count is not None:
+        raise NotImplementedError(f"{module.name}: criterion {plan.criteria[module.kind].name!r} chooses its own "
+                                  "count, which a mixture's experts cannot (they share one width); choose another")
+    experts = module.moe.experts
+    dense_experts = dense.module(module.kind).moe.experts if dense is not None else [None] * len(experts)
+    tick = time.perf_counter()
+    if pruned is None:
+        stats = [ModuleStats() for _ in experts]
+    else:
+        for index, (expert, dense_expert) in enumerate(zip(experts, dense_experts)):
+            def restat(needs: frozenset[str], index: int = index) -> ModuleStats:
+                return collect_expert_stats(module, needs, pruned, dense, [index])[0]
+
+            plan.recovery.fn(RecoveryInput(expert, dense_expert, plan.config.recovery_alpha, restat))
+        stats = collect_expert_stats(module, plan.needs(module.kind), pruned, dense)
+    seconds_stats = (time.perf_counter() - tick) / len(experts)
+    fits = [select_and_reconstruct(plan, expert, expert_stats, n_remove, dense_expert, generator)
+            for expert, expert_stats, dense_expert in zip(experts, stats, dense_experts)]
+    shrink_experts(module, [fit.kept_units for fit in fits], [fit.weight for fit in fits], [fit.bias for fit in fits])
+    return [fit.record(expert, seconds_stats, index) for index, (expert, fit) in enumerate(zip(experts, fits))]
 
 
 @torch.no_grad()

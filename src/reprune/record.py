@@ -22,7 +22,8 @@ REMOTE_FILE = "modeling_reprune.py"  # the loader of per-layer sizes, copied int
 
 @dataclass
 class LayerRecord:
-    """What happened to one module: sizes, kept units, output errors and time."""
+    """What happened to one module: sizes, kept units, output errors and time. A mixture-of-experts FFN
+    has one record per expert (``expert``: its index; None for every other module)."""
 
     block: int
     kind: str
@@ -33,6 +34,7 @@ class LayerRecord:
     error: float | None  # relative output error after the chosen reconstruction
     seconds_stats: float
     seconds_solve: float
+    expert: int | None = None
 
 
 @dataclass

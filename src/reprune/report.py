@@ -22,7 +22,7 @@ import json
 import math
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullFormatter, PercentFormatter
 
 from reprune.config import PruneConfig
-from reprune.record import DENSE_EVAL_FILE, EVAL_FILE, RECORD_FILE, ParameterCounts, RunRecord
+from reprune.record import DENSE_EVAL_FILE, EVAL_FILE, RECORD_FILE, LayerRecord, ParameterCounts, RunRecord
 
 ASSETS_DIR = "report_assets"
 OUTPUT_NAMES = frozenset({EVAL_FILE, DENSE_EVAL_FILE, "report.md", "report.html", ASSETS_DIR})
@@ -110,8 +110,12 @@ def checkpoint_bytes(path: Path) -> int:
 
 
 def block_rows(record: RunRecord) -> list[dict[str, Any]]:
-    """Per block: heads and neurons before/after and the errors of its pruned modules (``None`` if untouched)."""
-    layers = {(layer.block, layer.kind): layer for layer in record.layers}
+    """Per block: heads and neurons before/after and the errors of its pruned modules (``None`` if untouched).
+    A mixture's FFN shows its experts' common width, their mean errors and their summed times."""
+    per_module: dict[tuple[int, str], list[LayerRecord]] = {}
+    for layer in record.layers:
+        per_module.setdefault((layer.block, layer.kind), []).append(layer)
+    layers = {key: _merged(records) for key, records in per_module.items()}
     rows = []
     for block, shape in enumerate(record.shapes):
         row: dict[str, Any] = {"block": block}
@@ -126,6 +130,20 @@ def block_rows(record: RunRecord) -> list[dict[str, Any]]:
         row["solve_seconds"] = sum(layer.seconds_solve for layer in touched) if touched else None
         rows.append(row)
     return rows
+
+
+def _merged(records: list[LayerRecord]) -> LayerRecord:
+    """One module's record, or its experts' records as one (mean errors, summed times, no kept units)."""
+    if len(records) == 1:
+        return records[0]
+
+    def mean(values: list[float | None]) -> float | None:
+        return None if None in values else sum(values) / len(values)
+
+    return replace(records[0], kept_units=[], expert=None,
+                               error_none=mean([r.error_none for r in records]), error=mean([r.error for r in records]),
+                               seconds_stats=sum(r.seconds_stats for r in records),
+                               seconds_solve=sum(r.seconds_solve for r in records))
 
 
 # ---------------------------------------------------------------- metrics

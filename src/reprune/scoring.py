@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from reprune.adapters import ModelAdapter, ModuleKind
+from reprune.adapters import Depth2Module, ModelAdapter, ModuleKind
 from reprune.calibration import Activations, collect_block_stats
 from reprune.config import Plan
 from reprune.stats import ModuleStats
@@ -37,8 +37,20 @@ def score_dense_model(adapter: ModelAdapter, acts: Activations | None, plan: Pla
                                               acts.at_block(index))
             block.to(home)
         for module, module_stats in zip(modules, stats):
-            scores[(index, module.kind)] = plan.criteria[module.kind].score(module, module_stats, generator).cpu()
+            scores[(index, module.kind)] = module_scores(plan, module, module_stats, generator).cpu()
     return scores
+
+
+def module_scores(plan: Plan, module: Depth2Module, stats: ModuleStats, generator: torch.Generator) -> torch.Tensor:
+    """The module's unit scores. A mixture's experts each lose their own lowest neurons, the same number:
+    its k-th lowest score is the mean of its experts' k-th lowest (data-free: ``stats`` has no experts)."""
+    score = plan.criteria[module.kind].score
+    if not module.moe:
+        return score(module, stats, generator)
+    per_expert = stats.experts or [ModuleStats() for _ in module.moe.experts]
+    ranked = [score(expert, expert_stats, generator).to(torch.float64).sort().values
+              for expert, expert_stats in zip(module.moe.experts, per_expert)]
+    return torch.stack(ranked).mean(0)
 
 
 def check_scores(adapter: ModelAdapter, scores: Scores, plan: Plan) -> None:

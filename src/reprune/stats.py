@@ -150,6 +150,7 @@ class ModuleStats:
     - ``level1_in``: the module's input (after the norm) on the pruned path.
     - ``level2_cross`` / ``level1_cross``: the same rows paired with the dense path (two-path methods).
     - ``head_divergence``: (heads × heads) mean Jensen–Shannon divergence of attention rows.
+    - ``experts``: a mixture-of-experts FFN's statistics, one per expert (global allocation's scoring pass).
     """
 
     level2_in: Moments = field(default_factory=Moments)
@@ -157,6 +158,7 @@ class ModuleStats:
     level2_cross: CrossMoments | None = None
     level1_cross: CrossMoments | None = None
     head_divergence: torch.Tensor | None = None
+    experts: list[ModuleStats] = field(default_factory=list)  # a mixture's, per expert (global scoring)
 
 
 def entropy(p: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from reprune.adapters import Depth2Module, ModelAdapter
+from reprune.adapters import Depth2Module, ExpertProjection, ModelAdapter
 
 
 def kept_kv_heads(module: Depth2Module, kept_units: torch.Tensor) -> torch.Tensor:
@@ -48,3 +48,43 @@ def shrink_module(
     if module.kind == "attention":
         adapter.remove_heads(module, kept_units, kept_kv_heads(module, kept_units))
     adapter.materialise_bias_partners(module)
+
+
+def shrink_experts(module: Depth2Module, kept_units: list[torch.Tensor], level2_weights: list[torch.Tensor],
+                   level2_biases: list[torch.Tensor | None]) -> None:
+    """Narrow every expert of a mixture at once: each keeps its own ``kept_units`` (all of one count, as the
+    experts share each 3-D parameter) and takes its new level-2 weight (kept channels, out) and bias."""
+    moe = module.moe
+    if len({len(kept) for kept in kept_units}) > 1:
+        raise ValueError(f"{module.name}: experts keep {[len(kept) for kept in kept_units]} neurons; "
+                         "a mixture's experts share one width, so each must keep the same number")
+    level1: dict[str, list[tuple[ExpertProjection, torch.Tensor]]] = {}  # parameter -> per expert: its slice, kept rows
+    for expert, kept in zip(moe.experts, kept_units):
+        kept = torch.as_tensor(kept, dtype=torch.long).sort().values
+        per_parameter: dict[str, tuple[ExpertProjection, list[torch.Tensor]]] = {}
+        for part in expert.level1:
+            rows = expert.level1_rows(part, kept)
+            per_parameter.setdefault(part.projection.name, (part.projection, []))[1].append(rows)
+        for name, (projection, row_lists) in per_parameter.items():
+            # sorted: a fused parameter keeps its layout ([gate|up] sections, or interleaved)
+            level1.setdefault(name, []).append((projection, torch.cat(row_lists).sort().values))
+    for name, per_expert in level1.items():
+        first = per_expert[0][0]
+        _set_parameter(moe.module, name, first.stored([projection.weight()[rows] for projection, rows in per_expert]))
+        bias = getattr(moe.module, first.bias_name, None) if first.bias_name else None
+        if bias is not None:
+            _set_parameter(moe.module, first.bias_name,
+                           torch.stack([bias[projection.expert][rows] for projection, rows in per_expert]))
+    level2 = moe.experts[0].level2
+    _set_parameter(moe.module, level2.name, level2.stored([w.T for w in level2_weights]))
+    if any(bias is not None for bias in level2_biases):
+        out_features = level2_weights[0].shape[1]
+        full = level2.bias_tensor(torch.Size((len(moe.experts), out_features)))
+        for e, bias in enumerate(level2_biases):
+            full.data[e] = 0 if bias is None else bias.to(full.dtype)
+
+
+def _set_parameter(parent: torch.nn.Module, name: str, value: torch.Tensor) -> None:
+    """Swap in a frozen parameter of a new shape, same dtype and device as the old one."""
+    old = getattr(parent, name)
+    setattr(parent, name, torch.nn.Parameter(value.detach().to(old.dtype).contiguous(), requires_grad=False))

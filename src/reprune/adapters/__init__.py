@@ -11,6 +11,8 @@ from torch import nn
 from reprune.adapters.base import (
     ADAPTER_CLASSES,
     Depth2Module,
+    ExpertProjection,
+    Experts,
     LayerShape,
     Level1Part,
     ModelAdapter,
@@ -54,6 +56,8 @@ def get_adapter(model: nn.Module) -> ModelAdapter:
 __all__ = [
     "ADAPTER_CLASSES",
     "Depth2Module",
+    "ExpertProjection",
+    "Experts",
     "LayerShape",
     "Level1Part",
     "ModelAdapter",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from reprune.remote_code.modeling_reprune import set_attributes
+from reprune.remote_code.modeling_reprune import EXPERT_BIAS, expert_bias, set_attributes
 
 ModuleKind = Literal["attention", "ffn"]
 
@@ -53,6 +54,14 @@ class Projection:
     def in_features(self) -> int:
         return self.weight().shape[1]
 
+    @property
+    def key(self) -> Any:
+        """Identifies the stored matrix: the fused parts of one projection share it."""
+        return id(self.module)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.module.parameters())
+
     def as_target(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Weight as (in, out) and bias (or None), float64: this layer as a regression target."""
         bias = self.bias()
@@ -74,6 +83,75 @@ class Projection:
                 new.bias.data = bias.to(dtype=dtype, device=device)
         new.requires_grad_(False)
         setattr(self.parent, self.name, new)
+
+
+@dataclass
+class ExpertProjection(Projection):
+    """Expert ``expert``'s matrix in the 3-D parameter ``parent.<name>`` of shape (experts, out, in)
+    (``transposed``: (experts, in, out), used as ``x @ W``, GPT-OSS): a mixture keeps all its experts in one
+    tensor. Its bias is row ``expert`` of ``parent.<bias_name>`` (experts, out), if the layer has one; level 2
+    of a mixture without one names :data:`EXPERT_BIAS`, created when a reconstruction adds a bias.
+
+    ``module`` is the experts module, so hooks see the routing it is called with. :meth:`replace` keeps the
+    shape (a re-fit); :func:`reprune.surgery.shrink_experts` narrows all experts of a layer at once.
+    """
+
+    expert: int = 0
+    bias_name: str | None = None
+    transposed: bool = False
+
+    @property
+    def module(self) -> nn.Module:
+        return self.parent
+
+    @property
+    def is_conv1d(self) -> bool:
+        return False
+
+    @property
+    def key(self) -> Any:
+        return (id(self.parent), self.name, self.expert)
+
+    def parameter(self) -> nn.Parameter:
+        return getattr(self.parent, self.name)
+
+    def weight(self) -> torch.Tensor:
+        weight = self.parameter()[self.expert]
+        return weight.T if self.transposed else weight
+
+    def stored(self, weights: list[torch.Tensor]) -> torch.Tensor:
+        """Per-expert (out, in) weights as the 3-D parameter stores them."""
+        return torch.stack([w.T if self.transposed else w for w in weights])
+
+    def bias(self) -> torch.Tensor | None:
+        bias = getattr(self.parent, self.bias_name, None) if self.bias_name else None
+        return None if bias is None else bias[self.expert]
+
+    def num_parameters(self) -> int:
+        bias = self.bias()
+        return self.weight().numel() + (0 if bias is None else bias.numel())
+
+    def replace(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        """Write this expert's weight (out, in) and bias in place: a mixture's experts share one width."""
+        param = self.parameter()
+        if tuple(weight.shape) != tuple(self.weight().shape):
+            raise ValueError(f"{self.name}[{self.expert}] is {tuple(self.weight().shape)}, cannot take "
+                             f"{tuple(weight.shape)}: narrow a mixture's experts together with "
+                             "reprune.surgery.shrink_experts")
+        param.data[self.expert] = self.stored([weight])[0].to(param.dtype)
+        if bias is not None:
+            if self.bias_name is None:
+                raise ValueError(f"{self.name} of {type(self.parent).__name__} has no bias to write")
+            self.bias_tensor(torch.Size((param.shape[0], weight.shape[0]))).data[self.expert] = bias.to(param.dtype)
+
+    def bias_tensor(self, shape: torch.Size) -> nn.Parameter:
+        """The (experts, out) bias parameter, created (zero, with its forward hook) if it is reprune's own."""
+        if self.bias_name == EXPERT_BIAS:
+            return expert_bias(self.parent, shape)
+        existing = getattr(self.parent, self.bias_name or "", None)
+        if existing is None:
+            raise ValueError(f"{type(self.parent).__name__} has no bias parameter {self.bias_name!r} for {self.name}")
+        return existing
 
 
 @dataclass
@@ -99,7 +177,8 @@ class Depth2Module:
 
     Units are query heads (``unit_width = head_dim``) or FFN neurons (``unit_width = 1``). ``removable``
     False keeps every unit (allocation gives the module nothing to remove) where removing one would not be
-    exact (OLMo-2's q/k norms over all heads); recovery may still re-fit it.
+    exact (OLMo-2's q/k norms over all heads); recovery may still re-fit it. ``moe`` describes a
+    mixture-of-experts FFN (its experts, pruned one by one to a common width; see :class:`Experts`).
     """
 
     kind: ModuleKind
@@ -112,6 +191,7 @@ class Depth2Module:
     num_kv_heads: int = 0
     gated: bool = False
     removable: bool = True
+    moe: Experts | None = None
 
     @property
     def name(self) -> str:
@@ -140,6 +220,23 @@ class Depth2Module:
         if part.per_kv_head:
             units_t = torch.unique(units_t // self.heads_per_kv)
         return self.part_rows(part, units_t)
+
+
+@dataclass
+class Experts:
+    """The experts of a mixture-of-experts FFN, each a :class:`Depth2Module` of :class:`ExpertProjection` s.
+
+    ``module`` is called as ``module(hidden (T, d), top_k_index (T, k), top_k_weights (T, k))``: a forward
+    pre-hook reads which tokens each expert gets and their gate values. ``level2_input(expert, rows)`` is
+    what the expert's level 2 multiplies for those token rows, before the gate value scales it. The router
+    is not described: pruning leaves it alone. All experts have one width (one tensor), so removals go in
+    multiples of ``width_step`` (grouped_mm needs rows of a multiple of 16 bytes).
+    """
+
+    module: nn.Module
+    experts: list[Depth2Module]
+    level2_input: Callable[[Depth2Module, torch.Tensor], torch.Tensor]
+    width_step: int = 1
 
 
 @dataclass(frozen=True)
@@ -176,7 +273,9 @@ class ModelAdapter(ABC):
       - ``tiny_config`` [{}]: per model type, the config keys a tiny random model of it needs beyond
         hidden size 32, 4 heads (2 KV heads), FFN 48 and 2 blocks (e.g. ``head_dim``), for the contract tests.
 
-    Helpers for :meth:`modules_of`: :func:`qkv_attention`, :func:`plain_ffn`, :func:`gated_ffn`; fused
+    Helpers for :meth:`modules_of`: :func:`qkv_attention`, :func:`plain_ffn`, :func:`gated_ffn`,
+    :func:`gated_experts` / :func:`mixture` (a mixture of experts: the pipeline opens no residual tail for
+    it, the block runs again past it); fused
     projections are several :class:`Level1Part` of one :class:`Projection` (``offset``, ``stride``); a
     module whose units cannot be removed exactly sets ``removable=False``.
     """
@@ -319,6 +418,38 @@ def gated_ffn(parent: nn.Module, names: tuple[str, str, str], block_index: int) 
                         level1=[Level1Part(Projection(parent, gate)), Level1Part(Projection(parent, up))],
                         level2=Projection(parent, down), num_units=getattr(parent, down).in_features, unit_width=1,
                         gated=True)
+
+
+def gated_experts(parent: nn.Module, experts: nn.Module, names: tuple[str, str], block_index: int,
+                  bias_names: tuple[str | None, str | None] = (None, EXPERT_BIAS)) -> Depth2Module:
+    """A mixture's FFN whose experts compute ``down_e(act(gate_e(x)) * up_e(x))`` from 3-D parameters
+    ``gate_up`` (experts, [gate|up], d) and ``down`` (experts, d, width) of ``experts`` (Mixtral, Qwen3-MoE)."""
+    gate_up, down = names
+    width = getattr(experts, down).shape[2]
+    members = [Depth2Module(kind="ffn", block=block_index, parent=experts,
+                            level1=[Level1Part(ExpertProjection(experts, gate_up, e, bias_names[0])),
+                                    Level1Part(ExpertProjection(experts, gate_up, e, bias_names[0]), offset=width)],
+                            level2=ExpertProjection(experts, down, e, bias_names[1]), num_units=width,
+                            unit_width=1, gated=True) for e in range(getattr(experts, down).shape[0])]
+
+    def level2_input(expert: Depth2Module, rows: torch.Tensor) -> torch.Tensor:
+        gate, up = nn.functional.linear(rows, expert.level1[0].projection.weight()).chunk(2, dim=-1)
+        return experts.act_fn(gate) * up
+
+    return mixture(parent, Experts(experts, members, level2_input, grouped_mm_step(getattr(experts, down))))
+
+
+def grouped_mm_step(parameter: torch.Tensor) -> int:
+    """Neurons per step of an experts' width: grouped_mm needs each row to be a multiple of 16 bytes."""
+    return max(1, 16 // parameter.element_size())
+
+
+def mixture(parent: nn.Module, moe: Experts) -> Depth2Module:
+    """The FFN module of a mixture: its own ``level1``/``level2`` are expert 0's (every expert has their
+    shapes); ``moe`` holds all experts."""
+    first = moe.experts[0]
+    return Depth2Module(kind="ffn", block=first.block, parent=parent, level1=first.level1, level2=first.level2,
+                        num_units=first.num_units, unit_width=1, gated=True, moe=moe)
 
 
 def _output_attentions(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:

@@ -3,7 +3,8 @@
 Copied into the checkpoint folder by reprune, so ``from_pretrained(dir, trust_remote_code=True)`` works
 without reprune installed: ``Reprune<Class>`` exists for every transformers model class (made on first
 access), builds the original architecture, then, before the weights are loaded, applies
-``config.reprune_manifest``: projection shapes, other parameters' shapes (per-head norms), module list
+``config.reprune_manifest``: projection shapes, other parameters' shapes (per-head norms, a mixture's 3-D
+expert parameters), biases added to a mixture's experts, module list
 lengths (per-head norm lists), attention attributes (``config.<key>``: a key of the module's own
 :class:`LayerConfig`) and argument selections (the heads a layer reads from a position bias shared by all
 layers). Only torch and transformers are needed.
@@ -22,6 +23,8 @@ from transformers.pytorch_utils import Conv1D
 PREFIX = "Reprune"
 # attribute of a module whose forward argument is indexed before the call: {"argument", "dim", "index"}
 SELECTION = "reprune_selection"
+# (experts, out) bias that reconstruction gives a mixture's experts when they have none
+EXPERT_BIAS = "reprune_expert_bias"
 
 
 def _resolve(model: nn.Module, path: str) -> nn.Module:
@@ -90,6 +93,26 @@ def select_argument(module: nn.Module, argument: str, dim: int, index: list[int]
     setattr(module, SELECTION, {"argument": argument, "dim": dim, "index": list(index)})
 
 
+def _add_routed_biases(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+    """Forward hook of an experts module called as ``(hidden, top_k_index, top_k_weights)``: add the biases of
+    each token's routed experts."""
+    return output + getattr(module, EXPERT_BIAS)[args[1]].sum(1).to(output.dtype)
+
+
+def expert_bias(experts: nn.Module, shape: tuple[int, int]) -> nn.Parameter:
+    """The (experts, out) bias of a mixture's experts that have none, created (zero) with its hook on first use.
+
+    An expert's level 2 sees its input already scaled by the token's gate value, so its bias is added once
+    per routed token, unscaled.
+    """
+    if not hasattr(experts, EXPERT_BIAS):
+        like = next(experts.parameters())
+        experts.register_parameter(EXPERT_BIAS, nn.Parameter(torch.zeros(tuple(shape), dtype=like.dtype,
+                                                                         device=like.device), requires_grad=False))
+        experts.register_forward_hook(_add_routed_biases)
+    return getattr(experts, EXPERT_BIAS)
+
+
 def apply_manifest(model: nn.Module, manifest: dict[str, Any]) -> None:
     """Give the listed projections their pruned shapes, the attention modules their head counts, and
     per-head parameters, module lists and argument selections their pruned sizes."""
@@ -108,6 +131,8 @@ def apply_manifest(model: nn.Module, manifest: dict[str, Any]) -> None:
         old = getattr(parent, name)
         setattr(parent, name, nn.Parameter(torch.empty(shape, dtype=old.dtype, device=old.device),
                                            requires_grad=old.requires_grad))
+    for path, shape in manifest.get("expert_biases", {}).items():
+        expert_bias(_resolve(model, path), shape)
     for path, length in manifest.get("module_lists", {}).items():
         modules = _resolve(model, path)
         del modules[length:]
