@@ -4,12 +4,15 @@ save/load, family variants other than the contract model, and encoders evaluated
 
 from __future__ import annotations
 
+import copy
+import math
+
 import pytest
 import torch
 import transformers
 
 from reprune import PruneConfig, load, prune, save_pruned
-from reprune.adapters import get_adapter
+from reprune.adapters import ADAPTER_CLASSES, get_adapter, supported_model_types
 from reprune.criteria import level1_row_norms_sq
 from reprune.criteria.second_moment import second_moment_scores
 from reprune.evaluation.encoder import sts_spearman
@@ -176,3 +179,27 @@ def test_multimodal_gemma3_prunes_its_text_decoder_only_and_saves_sizes_in_the_t
     with torch.no_grad():
         logits = loaded(input_ids=ids, pixel_values=pixels).logits
     assert logits.shape == (1, ids.shape[1], 300) and torch.isfinite(logits).all()
+
+
+ENCODERS = [t for t in supported_model_types() if not ADAPTER_CLASSES[t].causal]
+
+
+@pytest.mark.parametrize("model_type", ENCODERS)
+def test_sts_and_probe_run_on_a_pruned_masked_lm_folder(model_type: str, tmp_path) -> None:
+    """Sentence-transformers folders often name a masked-LM head: ``reprune eval --sts`` uses its encoder."""
+    from reprune.evaluation import stsb_probe
+    from reprune.models import minilm_path
+    from reprune.workflow import EvalOptions, evaluate_folder
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_path())
+    model = contract_model(model_type, auto=transformers.AutoModelForMaskedLM, vocab_size=len(tokenizer))
+    ids = torch.randint(1000, len(tokenizer), (8, 16), generator=torch.Generator().manual_seed(0))
+    dense = copy.deepcopy(model)
+    model, record = prune(model, ids, PruneConfig(ratio=0.3, reconstruction="liar", batch_size=8), progress=False)
+    assert any(layer.units_after < layer.units_before for layer in record.layers)
+    folder = save_pruned(model, tokenizer, tmp_path / "pruned", record)
+    results, _ = evaluate_folder(folder, EvalOptions(sts=True, limit=20, json=str(tmp_path / "eval.json")),
+                                 announce=lambda line: None)
+    assert results["sts"]["n"] == 20 and math.isfinite(results["sts"]["spearman"])
+    probe = stsb_probe(dense, model, tokenizer, max_train=40, limit=20, progress=False)
+    assert all(math.isfinite(v) for v in probe.values() if isinstance(v, float))
