@@ -71,10 +71,14 @@ class ResidualTail:
     memory of the level-2 inputs of the calibration set.
     """
 
-    residual_module: nn.Module
+    locate_residual: Callable[[], nn.Module]  # read afresh at each pass: a recovery may replace that module
     post_branch: nn.Module | None = None  # applied to the branch output before the add (Gemma 2/3's post-norms)
     residual: list[torch.Tensor] = field(default_factory=list)
     level2_in: list[torch.Tensor] = field(default_factory=list)
+
+    @property
+    def residual_module(self) -> nn.Module:
+        return self.locate_residual()
 
     def reset(self) -> None:
         self.residual.clear()
@@ -329,8 +333,11 @@ class CalibrationPath:
     def open_tail(self, kind: ModuleKind) -> None:
         """Before the ``kind`` module's statistics: keep its residual stream if the block allows a shortcut."""
         residual_of = self.adapter.attention_residual if kind == "attention" else self.adapter.ffn_residual
-        residual = residual_of(self.block) if self.shortcuts else None
-        self.tail = None if residual is None else ResidualTail(residual, self.adapter.post_branch(self.block, kind))
+        block = self.block
+        if not self.shortcuts or residual_of(block) is None:
+            self.tail = None
+            return
+        self.tail = ResidualTail(lambda: residual_of(block), self.adapter.post_branch(block, kind))
 
     def close_tail(self, kind: ModuleKind, kept: torch.Tensor | None) -> None:
         """After the ``kind`` module was pruned (``kept``: its kept level-2 input channels, None: unchanged),

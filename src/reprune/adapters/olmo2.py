@@ -7,9 +7,10 @@ with ``q = q_norm(q_proj(x))`` normalised over all heads' channels at once.
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
-from reprune.adapters.base import Depth2Module
+from reprune.adapters.base import Depth2Module, ModuleKind
 from reprune.adapters.llama import LlamaAdapter
 
 
@@ -29,10 +30,15 @@ class Olmo2Adapter(LlamaAdapter):
         attention.removable = False
         return attention
 
-    def ffn_residual(self, block: nn.Module) -> None:
-        """The FFN output passes ``post_feedforward_layernorm`` before the addition: no shortcut."""
-        return None
+    def attention_residual(self, block: nn.Module) -> nn.Module:
+        """No pre-norm: ``q_proj`` reads the residual stream itself."""
+        return block.self_attn.q_proj
 
-    def attention_residual(self, block: nn.Module) -> None:
-        """The attention output passes ``post_attention_layernorm`` before the addition: no shortcut."""
-        return None
+    def ffn_residual(self, block: nn.Module) -> nn.Module:
+        return block.mlp.gate_proj  # out = h + post_ff(mlp(h))
+
+    def post_branch(self, block: nn.Module, kind: ModuleKind) -> nn.Module:
+        return block.post_attention_layernorm if kind == "attention" else block.post_feedforward_layernorm
+
+    def after_attention(self, block: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden + block.post_feedforward_layernorm(block.mlp(hidden))
