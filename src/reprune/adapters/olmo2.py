@@ -20,6 +20,7 @@ class Olmo2Adapter(LlamaAdapter):
     Heads are kept: ``q_norm``/``k_norm`` take one RMS over every head, so removing a head rescales the
     others' queries and keys per token (1e-2 logit error on a tiny model), which no reconstruction of
     ``o_proj`` can undo. Only FFN neurons are pruned (exactly), and ``targets="attention"`` has nothing to remove.
+    The post-branch norms ride on :meth:`post_branch`, so calibration keeps its residual shortcuts.
     """
 
     model_types = ("olmo2",)
