@@ -22,7 +22,7 @@ def _add_prune_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--criterion", choices=CRITERIA.names(), help="unit scores (default flap)")
     parser.add_argument("--attention-criterion", choices=CRITERIA.names())
     parser.add_argument("--ffn-criterion", choices=CRITERIA.names())
-    parser.add_argument("--reconstruct", choices=RECONSTRUCTIONS.names(), help="level-2 repair (default bias)")
+    parser.add_argument("--reconstruct", choices=RECONSTRUCTIONS.names(), help="level-2 repair (default liar)")
     parser.add_argument("--recovery", choices=RECOVERIES.names(), help="re-fit before pruning (goa: GOA's greedy recovery)")
     parser.add_argument("--allocation", choices=["uniform", "global"])
     parser.add_argument("--targets", choices=["both", "attention", "ffn"])
@@ -141,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo_p = sub.add_parser("demo", help="prune the bundled SmolLM2-135M and print before/after quality")
     demo_p.add_argument("--ratio", type=float, default=0.3)
-    demo_p.add_argument("--reconstruct", default="bias", choices=RECONSTRUCTIONS.names())
+    demo_p.add_argument("--reconstruct", default="liar", choices=RECONSTRUCTIONS.names(),
+                        help="the method shown beside dense and FLAP-style bias (default liar, the default of prune)")
     demo_p.add_argument("--out", default="runs/demo-smollm2")
     demo_p.add_argument("--device")
     demo_p.set_defaults(func=cmd_demo)

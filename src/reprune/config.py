@@ -28,7 +28,7 @@ class PruneConfig:
     criterion: str = "flap"
     attention_criterion: str | None = None  # overrides ``criterion`` for heads
     ffn_criterion: str | None = None  # overrides ``criterion`` for neurons
-    reconstruction: str = "bias"
+    reconstruction: str = "liar"  # the best measured repair (benchmarks/README.md); "bias" is FLAP's
     recovery: str = "none"
     allocation: AllocationMode = "uniform"
     targets: Targets = "both"

