@@ -24,7 +24,7 @@ class Olmo2Adapter(LlamaAdapter):
     channels, per token, so a kept head's query depends on the removed heads' queries (``k_norm`` likewise
     over all KV heads). Deleting their rows would rescale the kept queries and keys by a per-token factor
     sqrt(ms_all / ms_kept) that no weight can undo: on the tiny contract model, removing one head per KV
-    group that way gives a 1.2 % relative logit error against masking the heads, and rescaling the kept norm
+    group that way gives a 1.1 % relative logit error against masking the heads, and rescaling the kept norm
     weights by the calibration mean of that factor does not reduce it (1.2 %: the factor varies per token;
     ``python -m benchmarks.olmo2_heads``). It would also break what every reconstruction assumes: that the
     kept heads' outputs, which it re-weights, do not change when others go.
