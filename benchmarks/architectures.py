@@ -2,10 +2,12 @@
 plain transformers or with the checkpoint's own loader (remote code), and how many contract tests pass.
 
     python -m benchmarks.architectures            # prints a Markdown table (about 10 minutes on 2 cores)
+    python -m benchmarks.architectures --types olmo2,llama    # only these rows
 """
 
 from __future__ import annotations
 
+import argparse
 import re
 import subprocess
 import sys
@@ -42,10 +44,11 @@ def round_trip(model_type: str) -> dict[str, str]:
     return row
 
 
-def contract_counts() -> dict[str, tuple[int, int]]:
-    """(passed, failed) contract tests per model type, from one pytest run."""
+def contract_counts(model_types: list[str]) -> dict[str, tuple[int, int]]:
+    """(passed, failed) contract tests per model type, from one pytest run over those types' tests."""
+    selection = ["-k", " or ".join(model_types)] if model_types != supported_model_types() else []
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider",
-                             "tests/test_contract.py"], cwd=ROOT, capture_output=True, text=True)
+                             "tests/test_contract.py", *selection], cwd=ROOT, capture_output=True, text=True)
     types = sorted(supported_model_types(), key=len, reverse=True)
     counts = {t: [0, 0] for t in types}
     for outcome, params in re.findall(r"^(PASSED|FAILED) tests/test_contract.py::\w+\[([^\]]+)\]", result.stdout, re.M):
@@ -56,10 +59,17 @@ def contract_counts() -> dict[str, tuple[int, int]]:
 
 
 def main() -> None:
-    counts = contract_counts()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--types", help="comma-separated model types (default: every adapted one)")
+    args = parser.parse_args()
+    model_types = args.types.split(",") if args.types else supported_model_types()
+    unknown = sorted(set(model_types) - set(supported_model_types()))
+    if unknown:
+        parser.error(f"--types: {', '.join(unknown)} not adapted; choose from {', '.join(supported_model_types())}")
+    counts = contract_counts(model_types)
     print("| model type | adapter | loads | prunes | saves | reloads | contract tests |")
     print("|---|---|---|---|---|---|---|")
-    for model_type in supported_model_types():
+    for model_type in model_types:
         try:
             row = round_trip(model_type)
         except Exception as err:  # noqa: BLE001  (the table reports any failure)

@@ -55,6 +55,7 @@ CASES = [
     ("distilbert", {0: [3], 1: [0]}, {}),
     ("modernbert", {0: [0, 3], 1: [1]}, {}),  # [q|k|v] sections of Wqkv; sliding and global layers
     ("gpt_oss", {0: [0, 2], 1: [1, 3]}, {}),  # one sink logit per head
+    ("olmo2", {0: [0, 2], 1: [0, 1]}, {"attention_bias": True}),  # q/k norms over all heads; biased q/k rows
 ]
 
 
@@ -135,10 +136,30 @@ def test_sequential_variants_use_exact_shortcuts(model_type, overrides, monkeypa
     torch.testing.assert_close(model_output(fast, IDS), model_output(slow, IDS), rtol=1e-4, atol=1e-5)
 
 
-def test_olmo2_keeps_its_heads() -> None:
-    model, record = prune(contract_model("olmo2"), IDS, PruneConfig(ratio=0.3, batch_size=8), progress=False)
-    assert all(layer.units_after == layer.units_before for layer in record.layers if layer.kind == "attention")
-    assert any(layer.units_after < layer.units_before for layer in record.layers if layer.kind == "ffn")
+def test_olmo2_heads_pruned_twice_keep_the_norm_over_every_original_head(tmp_path) -> None:
+    """q/k keep the removed heads' rows (behind the kept ones) for the RMS; a second pruning reorders again."""
+    model, masked = contract_model("olmo2"), contract_model("olmo2")
+    remove_heads(model, {0: [0, 2]})  # heads 1, 3 left, one per KV head
+    remove_heads(model, {0: [1]})  # original head 3, and with it KV head 1
+    zero_heads(masked, {0: [0, 2, 3]})
+    attn = model.model.layers[0].self_attn
+    assert (attn.q_proj.out_features, attn.k_proj.out_features, attn.v_proj.out_features) == (32, 16, 8)
+    assert (attn.q_norm.reprune_output_width, attn.k_norm.reprune_output_width) == (8, 8)
+    expected = model_output(masked, IDS)
+    torch.testing.assert_close(model_output(model, IDS), expected, rtol=1e-5, atol=1e-5)
+    out = save_pruned(model, None, tmp_path / "pruned")
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)
+    torch.testing.assert_close(model_output(loaded, IDS), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_olmo2_ffn_only_pruning_saves_as_plain_transformers(tmp_path) -> None:
+    """Only head pruning needs the manifest (OLMo-2's MLP has no bias option, so no bias reconstruction here)."""
+    config = PruneConfig(ratio=0.3, batch_size=8, targets="ffn", reconstruction="none")
+    model, record = prune(contract_model("olmo2"), IDS, config, progress=False)
+    out = save_pruned(model, None, tmp_path / "pruned", record)
+    assert not (out / "modeling_reprune.py").exists()
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(out)
+    torch.testing.assert_close(model_output(loaded, IDS), model_output(model, IDS), rtol=0, atol=1e-5)
 
 
 def test_sts_of_a_masked_lm_uses_its_base_encoder(tmp_path) -> None:

@@ -63,7 +63,7 @@ def module_budget(module: Depth2Module, gqa_mode: GqaMode) -> ModuleBudget:
                             module_budget(experts[0], gqa_mode).unit_cost * len(experts), projection_params(module))
     cost = float(module.unit_width * module.level2.out_features)
     for part in module.level1:
-        if part.per_kv_head and not removes_kv_heads(module, gqa_mode):
+        if part.keeps_removed_rows or (part.per_kv_head and not removes_kv_heads(module, gqa_mode)):
             continue
         proj = part.projection
         per_row = proj.in_features + (1 if proj.bias() is not None else 0)
@@ -74,8 +74,6 @@ def module_budget(module: Depth2Module, gqa_mode: GqaMode) -> ModuleBudget:
     else:
         step = 1
     max_remove = module.num_units - step if step > 1 else module.num_units - 1
-    if not module.removable:
-        max_remove = 0
     return ModuleBudget(module.block, module.kind, module.num_units, step, max_remove, cost,
                         projection_params(module))
 

@@ -54,10 +54,10 @@ def _reference_model(model: nn.Module, config: transformers.PretrainedConfig) ->
 def manifest_against(model: nn.Module, config: transformers.PretrainedConfig, adapter: ModelAdapter) -> dict[str, Any]:
     """What differs from the model ``config`` builds: projection shapes and biases, other parameters'
     shapes (per-head norms, a mixture's 3-D expert parameters), biases reprune gave a mixture's experts,
-    module list lengths (per-head norm lists), argument selections (heads of a shared position bias); plus
-    the attention attributes. Empty when nothing differs."""
+    module list lengths (per-head norm lists), argument selections (heads of a shared position bias), output
+    widths (kept heads of a norm over all heads); plus the attention attributes. Empty when nothing differs."""
     reference = _reference_model(model, config)
-    modules, parameters, expert_biases, module_lists, selections = {}, {}, {}, {}, {}
+    modules, parameters, expert_biases, module_lists, selections, output_widths = {}, {}, {}, {}, {}, {}
     for name, module in model.named_modules():
         if isinstance(module, (nn.Linear, Conv1D)):
             spec = _shape_spec(module)
@@ -73,7 +73,9 @@ def manifest_against(model: nn.Module, config: transformers.PretrainedConfig, ad
             module_lists[name] = len(module)
         if hasattr(module, modeling_reprune.SELECTION):
             selections[name] = getattr(module, modeling_reprune.SELECTION)
-    if not (modules or parameters or expert_biases or module_lists or selections):
+        if hasattr(module, modeling_reprune.OUTPUT_WIDTH):
+            output_widths[name] = getattr(module, modeling_reprune.OUTPUT_WIDTH)
+    if not (modules or parameters or expert_biases or module_lists or selections or output_widths):
         return {}
     paths = {id(m): name for name, m in model.named_modules()}
     attributes = {}
@@ -82,8 +84,8 @@ def manifest_against(model: nn.Module, config: transformers.PretrainedConfig, ad
         attributes[paths[id(attention.parent)]] = adapter.attention_attributes(
             shape.num_heads, shape.num_kv_heads, shape.head_dim)
     return {"version": 1, "modules": modules, "parameters": parameters, "expert_biases": expert_biases,
-            "module_lists": module_lists,
-            "selections": selections, "attributes": attributes}
+            "module_lists": module_lists, "selections": selections, "output_widths": output_widths,
+            "attributes": attributes}
 
 
 def _auto_map(model: nn.Module) -> dict[str, str]:

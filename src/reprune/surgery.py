@@ -34,14 +34,18 @@ def shrink_module(
     kept_units = torch.as_tensor(kept_units, dtype=torch.long).sort().values
     by_projection: dict[int, tuple] = {}
     for part in module.level1:
-        rows = module.level1_rows(part, kept_units)
         key = id(part.projection.module)
-        prev = by_projection.get(key, (part.projection, []))
-        prev[1].append(rows)
+        prev = by_projection.get(key, (part.projection, [], []))
+        (prev[2] if part.keeps_removed_rows else prev[1]).append(module.surgery_rows(part, kept_units))
         by_projection[key] = prev
-    for projection, row_lists in by_projection.values():
-        # sorted: a fused projection keeps its layout, in sections ([q|k|v], [gate|up]) or interleaved per head
-        rows = torch.cat(row_lists).sort().values.to(projection.weight().device)
+    for projection, row_lists, ordered in by_projection.values():
+        if ordered and (row_lists or len(ordered) > 1):
+            raise ValueError(f"{module.name}: {projection.name} has several level-1 parts and one keeps its "
+                             "removed rows, which would mix their layouts; the adapter must give a part with "
+                             "keeps_removed_rows a projection of its own")
+        # sorted: a fused projection keeps its layout, in sections ([q|k|v], [gate|up]) or interleaved per head;
+        # a part keeping its removed rows takes surgery's order (kept units first)
+        rows = (ordered[0] if ordered else torch.cat(row_lists).sort().values).to(projection.weight().device)
         bias = projection.bias()
         projection.replace(projection.weight()[rows].detach(), None if bias is None else bias[rows].detach())
     module.level2.replace(level2_weight.T, level2_bias)

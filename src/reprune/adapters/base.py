@@ -162,22 +162,24 @@ class Level1Part:
     inside fused projections laid out in sections (GPT-2's and Phi-3's [q|k|v], Phi-3's [gate|up]);
     ``stride`` (None: the unit width, contiguous units) is larger where units interleave (GPT-NeoX's
     per-head [q|k|v] rows: stride 3 * head_dim). ``per_kv_head`` marks key/value rows, laid out per KV head
-    rather than per query head (GQA).
+    rather than per query head (GQA). ``keeps_removed_rows`` marks rows that also feed a statistic over every
+    unit (OLMo-2's q/k RMSNorm spans all heads): surgery keeps a removed unit's rows, moved behind the kept
+    units' rows (the units are the first rows), and the adapter's :meth:`ModelAdapter.remove_heads` makes the
+    module use only those; such a part must be its projection's only part.
     """
 
     projection: Projection
     offset: int = 0
     per_kv_head: bool = False
     stride: int | None = None
+    keeps_removed_rows: bool = False
 
 
 @dataclass
 class Depth2Module:
     """One prunable module of a block: level-1 rows and level-2 input columns share inner channels.
 
-    Units are query heads (``unit_width = head_dim``) or FFN neurons (``unit_width = 1``). ``removable``
-    False keeps every unit (allocation gives the module nothing to remove) where removing one would not be
-    exact (OLMo-2's q/k norms over all heads); recovery may still re-fit it. ``moe`` describes a
+    Units are query heads (``unit_width = head_dim``) or FFN neurons (``unit_width = 1``). ``moe`` describes a
     mixture-of-experts FFN (its experts, pruned one by one to a common width; see :class:`Experts`).
     """
 
@@ -190,7 +192,6 @@ class Depth2Module:
     unit_width: int
     num_kv_heads: int = 0
     gated: bool = False
-    removable: bool = True
     moe: Experts | None = None
 
     @property
@@ -220,6 +221,16 @@ class Depth2Module:
         if part.per_kv_head:
             units_t = torch.unique(units_t // self.heads_per_kv)
         return self.part_rows(part, units_t)
+
+    def surgery_rows(self, part: Level1Part, units: torch.Tensor | list[int]) -> torch.Tensor:
+        """The rows of ``part``'s projection that surgery keeps for the given units, in their new order: the
+        units' rows, then (``keeps_removed_rows``) every other row of the projection, in its current order."""
+        rows = self.level1_rows(part, torch.as_tensor(units, dtype=torch.long).sort().values)
+        if not part.keeps_removed_rows:
+            return rows
+        rest = torch.ones(part.projection.out_features, dtype=torch.bool)
+        rest[rows] = False
+        return torch.cat([rows, torch.nonzero(rest).reshape(-1)])
 
 
 @dataclass
@@ -276,8 +287,8 @@ class ModelAdapter(ABC):
     Helpers for :meth:`modules_of`: :func:`qkv_attention`, :func:`plain_ffn`, :func:`gated_ffn`,
     :func:`gated_experts` / :func:`mixture` (a mixture of experts: the pipeline opens no residual tail for
     it, the block runs again past it); fused
-    projections are several :class:`Level1Part` of one :class:`Projection` (``offset``, ``stride``); a
-    module whose units cannot be removed exactly sets ``removable=False``.
+    projections are several :class:`Level1Part` of one :class:`Projection` (``offset``, ``stride``); rows
+    that also feed a statistic over all units (a norm over all heads) set ``keeps_removed_rows``.
     """
 
     model_types: ClassVar[tuple[str, ...]] = ()

@@ -6,8 +6,9 @@ access), builds the original architecture, then, before the weights are loaded, 
 ``config.reprune_manifest``: projection shapes, other parameters' shapes (per-head norms, a mixture's 3-D
 expert parameters), biases added to a mixture's experts, module list
 lengths (per-head norm lists), attention attributes (``config.<key>``: a key of the module's own
-:class:`LayerConfig`) and argument selections (the heads a layer reads from a position bias shared by all
-layers). Only torch and transformers are needed.
+:class:`LayerConfig`), argument selections (the heads a layer reads from a position bias shared by all
+layers) and output widths (the kept heads' channels of a norm taken over all heads, OLMo-2's q/k norms).
+Only torch and transformers are needed.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ PREFIX = "Reprune"
 SELECTION = "reprune_selection"
 # (experts, out) bias that reconstruction gives a mixture's experts when they have none
 EXPERT_BIAS = "reprune_expert_bias"
+# attribute of a module whose output is cut to its first ``width`` channels after the call
+OUTPUT_WIDTH = "reprune_output_width"
 
 
 def _resolve(model: nn.Module, path: str) -> nn.Module:
@@ -93,6 +96,19 @@ def select_argument(module: nn.Module, argument: str, dim: int, index: list[int]
     setattr(module, SELECTION, {"argument": argument, "dim": dim, "index": list(index)})
 
 
+def _narrow_output(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+    """Forward hook: keep the first ``module.reprune_output_width`` channels of the output."""
+    return output[..., : getattr(module, OUTPUT_WIDTH)]
+
+
+def narrow_output(module: nn.Module, width: int) -> None:
+    """Make ``module``'s output its first ``width`` channels (e.g. a norm over all heads' channels, of which
+    the kept heads are the first); a second call replaces the width."""
+    if not hasattr(module, OUTPUT_WIDTH):
+        module.register_forward_hook(_narrow_output)
+    setattr(module, OUTPUT_WIDTH, int(width))
+
+
 def _add_routed_biases(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
     """Forward hook of an experts module called as ``(hidden, top_k_index, top_k_weights)``: add the biases of
     each token's routed experts."""
@@ -115,7 +131,7 @@ def expert_bias(experts: nn.Module, shape: tuple[int, int]) -> nn.Parameter:
 
 def apply_manifest(model: nn.Module, manifest: dict[str, Any]) -> None:
     """Give the listed projections their pruned shapes, the attention modules their head counts, and
-    per-head parameters, module lists and argument selections their pruned sizes."""
+    per-head parameters, module lists, argument selections and output widths their pruned sizes."""
     for path, spec in manifest.get("modules", {}).items():
         parent_path, _, name = path.rpartition(".")
         parent = _resolve(model, parent_path)
@@ -140,6 +156,8 @@ def apply_manifest(model: nn.Module, manifest: dict[str, Any]) -> None:
         set_attributes(_resolve(model, path), attributes)
     for path, selection in manifest.get("selections", {}).items():
         select_argument(_resolve(model, path), selection["argument"], selection["dim"], selection["index"])
+    for path, width in manifest.get("output_widths", {}).items():
+        narrow_output(_resolve(model, path), width)
 
 
 def _pruned_class(base: type) -> type:
