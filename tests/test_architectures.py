@@ -56,6 +56,7 @@ CASES = [
     ("modernbert", {0: [0, 3], 1: [1]}, {}),  # [q|k|v] sections of Wqkv; sliding and global layers
     ("gpt_oss", {0: [0, 2], 1: [1, 3]}, {}),  # one sink logit per head
     ("olmo2", {0: [0, 2], 1: [0, 1]}, {"attention_bias": True}),  # q/k norms over all heads; biased q/k rows
+    ("granite_swa", {0: [1, 2], 1: [0, 3]}, {}),  # one sink per head
 ]
 
 
@@ -123,7 +124,9 @@ def test_phi3_layers_read_their_own_head_count_from_a_view_of_the_model_config(t
 
 
 @pytest.mark.parametrize("model_type, overrides", [("gpt_neox", {"use_parallel_residual": False}),
-                                                   ("granite", {"residual_multiplier": 1.0})])
+                                                   ("granite", {"residual_multiplier": 1.0}),
+                                                   ("granite_swa", {"residual_multiplier": 1.0}),
+                                                   ("hyperclovax", {"residual_multiplier": 1.0})])
 def test_sequential_variants_use_exact_shortcuts(model_type, overrides, monkeypatch) -> None:
     adapter = get_adapter(contract_model(model_type, **overrides))
     block = adapter.blocks()[0]
