@@ -7,13 +7,12 @@ Block: ``n = input_layernorm(x); out = x + o_proj(attn(n)) + mlp(n)``.
 from __future__ import annotations
 
 from reprune.adapters.cohere import CohereAdapter
-from reprune.adapters.llama import LlamaAdapter
+from reprune.adapters.llama import TINY_SLIDING, LlamaAdapter
 
 
 class Cohere2Adapter(CohereAdapter):
     """Cohere's module names; no per-head parameters outside the projections."""
 
     model_types = ("cohere2",)
-    tiny_config = {"cohere2": {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "sliding_window": 4,
-                               "layer_types": ["sliding_attention", "full_attention"]}}
+    tiny_config = {"cohere2": {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **TINY_SLIDING}}
     remove_heads = LlamaAdapter.remove_heads

@@ -7,7 +7,7 @@ Block: ``h = x + post_attention_layernorm(o_proj(attn(x))); out = h + post_feedf
 
 from __future__ import annotations
 
-from reprune.adapters.llama import LlamaAdapter
+from reprune.adapters.llama import TINY_SLIDING, LlamaAdapter
 from reprune.adapters.olmo2 import Olmo2Adapter
 
 
@@ -16,8 +16,7 @@ class Exaone4Adapter(Olmo2Adapter):
     uniformly pruned model saves as plain transformers."""
 
     model_types = ("exaone4",)
-    tiny_config = {"exaone4": {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "sliding_window": 4,
-                               "layer_types": ["sliding_attention", "full_attention"]}}
+    tiny_config = {"exaone4": {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **TINY_SLIDING}}
     attention_of = LlamaAdapter.attention_of
     remove_heads = LlamaAdapter.remove_heads
     plain_config_updates = LlamaAdapter.plain_config_updates

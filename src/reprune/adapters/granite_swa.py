@@ -10,7 +10,7 @@ from torch import nn
 
 from reprune.adapters.base import Depth2Module
 from reprune.adapters.granite import GraniteAdapter
-from reprune.adapters.llama import TINY_LLAMA_LIKE
+from reprune.adapters.llama import TINY_LLAMA_LIKE, TINY_SLIDING
 
 
 class GraniteSwaAdapter(GraniteAdapter):
@@ -18,8 +18,7 @@ class GraniteSwaAdapter(GraniteAdapter):
 
     model_types = ("granite_swa",)
     tiny_config = {"granite_swa": {**TINY_LLAMA_LIKE, "residual_multiplier": 0.5, "attention_multiplier": 0.35,
-                                   "sliding_window": 4, "layer_types": ["sliding_attention", "full_attention"],
-                                   "layer_rope_theta": [10000.0, 0.0]}}
+                                   **TINY_SLIDING, "layer_rope_theta": [10000.0, 0.0]}}
 
     def remove_heads(self, module: Depth2Module, kept_heads: torch.Tensor, kept_kv_heads: torch.Tensor) -> None:
         """Keep the kept heads' sinks."""

@@ -1,4 +1,4 @@
-"""LLaMA-family decoders (LLaMA, Mistral, Qwen2/3, Gemma, SmolLM3 and other LLaMA-named pre-norm decoders).
+"""LLaMA-family decoders (LLaMA, Mistral, Qwen2/3, Gemma, SmolLM3, CWM and other LLaMA-named pre-norm decoders).
 
 Block: ``h = x + o(attn(input_layernorm(x))); out = h + down(act(gate(n)) * up(n))``,
 ``n = post_attention_layernorm(h)``.
@@ -16,16 +16,19 @@ from reprune.adapters.base import Depth2Module, LayerShape, ModelAdapter, Projec
 
 # head_dim defaults to 128/256 in several LLaMA-like configs; some default pad/bos/eos ids exceed a tiny vocabulary
 TINY_LLAMA_LIKE: dict[str, Any] = {"head_dim": 8, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
+# families whose layers alternate sliding and full attention (``config.layer_types``)
+TINY_SLIDING: dict[str, Any] = {"sliding_window": 4, "layer_types": ["sliding_attention", "full_attention"]}
 
 
 class LlamaAdapter(ModelAdapter):
     """``model.layers[i].self_attn.{q,k,v,o}_proj`` and ``mlp.{gate,up,down}_proj``."""
 
     model_types = ("llama", "mistral", "qwen2", "qwen3", "gemma", "smollm3", "helium", "olmo", "ministral",
-                   "ministral3", "hunyuan_v1_dense", "exaone", "internlm3", "iquestcoder")
+                   "ministral3", "hunyuan_v1_dense", "exaone", "internlm3", "iquestcoder", "cwm")
     ffn_config_key = "intermediate_size"
-    tiny_config = {model_type: TINY_LLAMA_LIKE for model_type in model_types
-                   if model_type not in ("llama", "mistral", "qwen2")}
+    tiny_config = {**{model_type: TINY_LLAMA_LIKE for model_type in model_types
+                      if model_type not in ("llama", "mistral", "qwen2")},
+                   "cwm": {**TINY_LLAMA_LIKE, **TINY_SLIDING}}
 
     def blocks(self) -> nn.ModuleList:
         return self.model.base_model.layers
