@@ -57,6 +57,7 @@ CASES = [
     ("gpt_oss", {0: [0, 2], 1: [1, 3]}, {}),  # one sink logit per head
     ("olmo2", {0: [0, 2], 1: [0, 1]}, {"attention_bias": True}),  # q/k norms over all heads; biased q/k rows
     ("granite_swa", {0: [1, 2], 1: [0, 3]}, {}),  # one sink per head
+    ("olmoe", {0: [1, 3], 1: [2, 3]}, {"clip_qkv": 0.5}),  # q/k norms over all heads, then clamped
 ]
 
 
