@@ -4,7 +4,9 @@ Tolerances follow from the granularity of each scheme (``n`` = parameters of one
 - uniform: every pruned block loses the same number of neurons, so the FFN count is rounded once for
   all blocks: |removed − target| ≤ ½ n per pruned block;
 - global: units are taken in score order, heads only while they fit, then neurons refill the budget:
-  −½ n ≤ removed − target < n.
+  −½ n ≤ removed − target < n;
+- kept widths in multiples of ``s`` neurons (``multiple_of``, grouped_mm) widen each FFN count's rounding to
+  ½ s n: per pruned block for uniform (as above), and for global per layer on top of the refill's.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ from reprune.pipeline import prunable_parameters
 from tiny_models import FAMILIES, calibration_batch, contract_model, model_output, tiny_model
 
 
-def budgets_of(model, gqa_mode="query"):
+def budgets_of(model, gqa_mode="query", multiple_of=1):
     adapter = get_adapter(model)
-    return [module_budget(m, gqa_mode) for i in range(len(adapter.blocks())) for m in adapter.depth2_modules(i)]
+    return [module_budget(m, gqa_mode, multiple_of) for i in range(len(adapter.blocks())) for m in adapter.depth2_modules(i)]
 
 
 def removed_params(budgets, counts) -> float:
@@ -37,10 +39,12 @@ def neuron_cost(budgets) -> float:
 def tolerance(mode: str, budgets, eligible) -> tuple[float, float]:
     """(lowest, highest) allowed ``removed − target`` in parameters."""
     n = neuron_cost(budgets)
+    step = max(b.step for b in budgets if b.kind == "ffn")
+    blocks = len({b.block for b in budgets if b.key in eligible and b.kind == "ffn"})
     if mode == "uniform":
-        blocks = len({b.block for b in budgets if b.key in eligible and b.kind == "ffn"})
-        return -0.5 * n * blocks - 1e-6, 0.5 * n * blocks + 1e-6
-    return -0.5 * n - 1e-6, n
+        return -0.5 * step * n * blocks - 1e-6, 0.5 * step * n * blocks + 1e-6
+    rounding = 0.5 * step * n * blocks if step > 1 else 0.0
+    return -0.5 * n - rounding - 1e-6, n + rounding
 
 
 def gqa6_model():
@@ -51,12 +55,13 @@ def gqa6_model():
     return transformers.LlamaForCausalLM(config).eval()
 
 
+@pytest.mark.parametrize("multiple_of", [1, 8])
 @pytest.mark.parametrize("mode", ["uniform", "global"])
 @pytest.mark.parametrize("gqa_mode", ["query", "group"])
 @pytest.mark.parametrize("family", FAMILIES + ["gqa6"])
-def test_allocation_hits_ratio_within_granularity(family, gqa_mode, mode):
+def test_allocation_hits_ratio_within_granularity(family, gqa_mode, mode, multiple_of):
     model = gqa6_model() if family == "gqa6" else tiny_model(family)
-    budgets = budgets_of(model, gqa_mode)
+    budgets = budgets_of(model, gqa_mode, multiple_of)
     total = sum(b.total_params for b in budgets)
     eligible = {b.key for b in budgets}
     low, high = tolerance(mode, budgets, eligible)
@@ -67,9 +72,9 @@ def test_allocation_hits_ratio_within_granularity(family, gqa_mode, mode):
             counts = allocate(budgets, ratio, mode, eligible, scores)
             error = removed_params(budgets, counts) - ratio * total
             assert low <= error <= high, (ratio, seed, error / neuron_cost(budgets), counts)
-            for b in budgets:  # every count is legal
+            for b in budgets:  # every count is legal: it leaves a multiple of the step
                 assert 0 <= counts[b.key] <= b.max_remove
-                assert counts[b.key] % b.step == 0
+                assert counts[b.key] == 0 or (b.num_units - counts[b.key]) % b.step == 0
             if mode == "uniform":  # same number of heads and of neurons in every block
                 for kind in ("attention", "ffn"):
                     assert len({counts[b.key] for b in budgets if b.kind == kind}) == 1
@@ -125,8 +130,8 @@ def test_pipeline_achieves_ratio(family, allocation):
     """End to end, from parameter counts of the pruned model (biases that compensation adds excluded)."""
     ids = calibration_batch(8, 16)
     model = tiny_model(family)
-    budgets = budgets_of(model)
     config = PruneConfig(ratio=0.3, allocation=allocation, reconstruction="bias")
+    budgets = budgets_of(model, multiple_of=config.multiple_of)
     before = {name: p.numel() for name, p in model.named_parameters()}
     model, report = prune(model, ids, config, progress=False)
     added_biases = sum(p.numel() for name, p in model.named_parameters()
@@ -159,7 +164,7 @@ def test_keep_first_and_last_blocks_unchanged(allocation):
     assert report.shapes[0] == report.shapes[2] == LayerShape(num_heads=4, num_kv_heads=2, head_dim=8,
                                                               intermediate_size=48)
     assert report.shapes[1].intermediate_size < 48
-    budgets = budgets_of(reference)
+    budgets = budgets_of(reference, multiple_of=PruneConfig().multiple_of)
     eligible = {b.key for b in budgets if b.block == 1}
     low, high = tolerance(allocation, budgets, eligible)
     removed = sum((layer.units_before - layer.units_after) * next(

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tiny_models import FAMILIES, VOCAB, tiny_model
+from tiny_models import FAMILIES, VOCAB, calibration_batch, tiny_model
 
-from reprune.evaluation.speed import compare_speed, directory_size, measure_speed
+from reprune import PruneConfig, prune
+from reprune.evaluation.speed import compare_speed, directory_size, forward_flops, measure_speed
 
 ENCODERS = {"bert"}
 
@@ -77,3 +78,15 @@ def test_decode_uses_the_kv_cache() -> None:
         hook.remove()
     # warm-up prefill, warm-up decode (prefill + 3 steps), timed prefill, timed decode (prefill + 3 steps)
     assert seen == [12, 12, 1, 1, 1, 12, 12, 1, 1, 1]
+
+
+def test_forward_flops_count_projections_lm_head_and_attention_scores() -> None:
+    model = tiny_model("llama")  # 3 blocks: d 32, 4 heads of 8 over 2 KV heads, FFN 48, vocab 128
+    per_block = 32 * 32 + 32 * 16 + 32 * 16 + 32 * 32 + 3 * 32 * 48  # q, k, v, o, gate/up/down
+    macs_per_token = 3 * per_block + 32 * VOCAB  # and the LM head
+    assert forward_flops(model, 16) == 2 * macs_per_token * 16 + 3 * 4 * 16 * 16 * 4 * 8
+    pruned, record = prune(model, calibration_batch(8, 16), PruneConfig(ratio=0.3, reconstruction="none"),
+                           progress=False)
+    removed = record.parameters.prunable_before - record.parameters.prunable_after  # weights only: no biases
+    heads = sum(shape.num_heads for shape in record.shapes)
+    assert forward_flops(pruned, 16) == 2 * (macs_per_token * 16 - removed * 16) + 4 * 16 * 16 * 8 * heads

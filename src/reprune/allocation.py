@@ -5,10 +5,17 @@ same number of heads and of neurons in every pruned block (FLAP's UL-UM); ``glob
 module's scores per layer and removes the lowest units of the whole model, weighting each unit by the
 parameters it removes (AL-AM). GQA: heads go either in whole KV groups (``gqa_mode='group'``) or as the
 same number of query heads from every group (``'query'``), so query heads still map evenly to KV heads.
+
+Kept widths are multiples of ``multiple_of`` inner channels (FFN neurons; a head's ``head_dim`` channels,
+so heads of 64 are already multiples of 8), which the matmul kernels run at full speed where an odd width
+like 1529 falls to slower edge paths. Counts go to the *nearest* legal width rather than down: the user
+asked for a ratio, and nearest keeps the achieved ratio closest to it (down would always prune less).
+A module never loses all its units, and one narrower than the multiple stays whole.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -27,7 +34,8 @@ class ModuleBudget:
     block: int
     kind: str
     num_units: int
-    step: int  # units removed per legal step (KV-group constraint)
+    step: int  # kept widths are multiples of it (KV groups, multiple_of, grouped_mm), and so are removals
+    # from a width that is one; otherwise removals are 0 or num_units % step + j * step
     max_remove: int
     unit_cost: float  # parameters removed per unit
     total_params: int  # all parameters of the module's projections
@@ -53,13 +61,25 @@ def removes_kv_heads(module: Depth2Module, gqa_mode: GqaMode) -> bool:
     return module.heads_per_kv == 1 or gqa_mode == "group"
 
 
-def module_budget(module: Depth2Module, gqa_mode: GqaMode) -> ModuleBudget:
+def width_step(module: Depth2Module, gqa_mode: GqaMode, multiple_of: int) -> int:
+    """Units that every kept width is a multiple of: ``multiple_of`` inner channels, in GQA-legal head
+    counts (whole KV groups, or as many heads from every group), for a mixture also grouped_mm's step."""
+    step = multiple_of // math.gcd(multiple_of, module.unit_width)
+    if module.moe:
+        return math.lcm(step, module.moe.width_step)
+    if module.kind == "attention" and module.heads_per_kv > 1:
+        return math.lcm(step, module.heads_per_kv if gqa_mode == "group" else module.num_kv_heads)
+    return step
+
+
+def module_budget(module: Depth2Module, gqa_mode: GqaMode, multiple_of: int = 1) -> ModuleBudget:
     """Describe a module for allocation: legal step, maximum removal and parameters per unit. A mixture's
-    unit is one neuron of every expert (they share one width), in steps of its ``width_step``."""
+    unit is one neuron of every expert (they share one width)."""
+    step = width_step(module, gqa_mode, multiple_of)
+    max_remove = max(module.num_units - step, 0)
     if module.moe:
         experts = module.moe.experts
-        step = module.moe.width_step
-        return ModuleBudget(module.block, module.kind, module.num_units, step, max(module.num_units - step, 0),
+        return ModuleBudget(module.block, module.kind, module.num_units, step, max_remove,
                             module_budget(experts[0], gqa_mode).unit_cost * len(experts), projection_params(module))
     cost = float(module.unit_width * module.level2.out_features)
     for part in module.level1:
@@ -69,24 +89,27 @@ def module_budget(module: Depth2Module, gqa_mode: GqaMode) -> ModuleBudget:
         per_row = proj.in_features + (1 if proj.bias() is not None else 0)
         share = 1.0 / module.heads_per_kv if part.per_kv_head else 1.0
         cost += module.unit_width * per_row * share
-    if module.kind == "attention" and module.heads_per_kv > 1:
-        step = module.heads_per_kv if gqa_mode == "group" else module.num_kv_heads
-    else:
-        step = 1
-    max_remove = module.num_units - step if step > 1 else module.num_units - 1
     return ModuleBudget(module.block, module.kind, module.num_units, step, max_remove, cost,
                         projection_params(module))
 
 
 def _legal(count: float, budget: ModuleBudget, rounding: Literal["nearest", "down"]) -> int:
-    steps = count / budget.step
-    steps_int = int(round(steps)) if rounding == "nearest" else int(steps + 1e-9)
-    return max(0, min(steps_int * budget.step, budget.max_remove))
+    """The legal removal nearest ``count`` (or the largest not above it): 0, or a removal that leaves a
+    multiple of the step, at most ``max_remove``."""
+    offset = budget.num_units % budget.step  # the smallest non-zero removal that leaves a multiple
+    steps = (count - offset) / budget.step
+    if rounding == "nearest":
+        removal = offset + max(int(round(steps)), 0) * budget.step
+        if offset and count < offset / 2:
+            removal = 0
+    else:
+        removal = offset + int(steps + 1e-9) * budget.step if count + 1e-9 >= offset else 0
+    return max(0, min(removal, budget.max_remove))
 
 
-def legal_count(module: Depth2Module, count: int, gqa_mode: GqaMode) -> int:
-    """The legal removal count nearest ``count`` (GQA step, at least one unit left), for a criterion's own count."""
-    return _legal(count, module_budget(module, gqa_mode), "nearest")
+def legal_count(module: Depth2Module, count: int, gqa_mode: GqaMode, multiple_of: int = 1) -> int:
+    """The legal removal count nearest ``count`` (width step, at least one step left), for a criterion's own count."""
+    return _legal(count, module_budget(module, gqa_mode, multiple_of), "nearest")
 
 
 def check_ratio(ratio: float) -> None:
@@ -174,7 +197,7 @@ def _global(pool: list[ModuleBudget], target: float, counts: dict,
             break
         counts[b.key] += 1
         spent += b.unit_cost
-    for b in pool:  # a mixture's neurons go in whole steps
+    for b in pool:  # each layer's width to its nearest multiple (a mixture's: of grouped_mm's step too)
         if b.kind == "ffn" and b.step > 1:
             counts[b.key] = _legal(counts[b.key], b, "nearest")
     return counts

@@ -27,6 +27,8 @@ def _add_prune_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allocation", choices=["uniform", "global"])
     parser.add_argument("--targets", choices=["both", "attention", "ffn"])
     parser.add_argument("--gqa-mode", choices=["query", "group"])
+    parser.add_argument("--multiple-of", type=int,
+                        help="kept widths in multiples of this many channels, for fast matmuls (default 8; 1: exact)")
     parser.add_argument("--keep-first", type=int, help="leave the first k blocks dense")
     parser.add_argument("--keep-last", type=int, help="leave the last k blocks dense")
     parser.add_argument("--alpha", type=float, help="relative ridge of LIAR / dense-target (default 1e-2)")
@@ -50,6 +52,7 @@ def build_config(args: argparse.Namespace) -> PruneConfig:
         "ratio": args.ratio, "criterion": args.criterion, "attention_criterion": args.attention_criterion,
         "ffn_criterion": args.ffn_criterion, "reconstruction": args.reconstruct, "recovery": args.recovery,
         "allocation": args.allocation, "targets": args.targets, "gqa_mode": args.gqa_mode,
+        "multiple_of": args.multiple_of,
         "keep_first": args.keep_first, "keep_last": args.keep_last, "alpha": args.alpha,
         "recovery_alpha": args.recovery_alpha,
         "num_samples": args.num_samples, "seq_len": args.seq_len, "batch_size": args.batch_size,

@@ -33,6 +33,7 @@ class PruneConfig:
     allocation: AllocationMode = "uniform"
     targets: Targets = "both"
     gqa_mode: GqaMode = "query"
+    multiple_of: int = 8  # kept widths in multiples of this many inner channels (1: exact counts), for fast matmuls
     keep_first: int = 0
     keep_last: int = 0
     alpha: float = 1e-2  # relative ridge of LIAR / dense-target

@@ -67,7 +67,7 @@ def prune(model: nn.Module, calibration: Calibration = "wiki-embedded", config: 
     seconds_capture = time.perf_counter() - started
     if scores is None and config.allocation == "global" and config.ratio > 0:
         scores = score_dense_model(adapter, acts, plan, generator, device, progress)
-    budgets = [module_budget(m, config.gqa_mode) for i in range(plan.num_blocks) for m in adapter.depth2_modules(i)]
+    budgets = [module_budget(m, config.gqa_mode, config.multiple_of) for i in range(plan.num_blocks) for m in adapter.depth2_modules(i)]
     counts = allocate(budgets, config.ratio, config.allocation, plan.eligible, scores)
 
     layers: list[LayerRecord] = []
@@ -146,7 +146,7 @@ def prune_module(adapter: ModelAdapter, plan: Plan, module: Depth2Module, n_remo
     if criterion.count is not None:  # e.g. head-similarity's threshold τ replaces the allocated count
         wanted = criterion.count(module, stats, plan.config.criterion_options)
         if wanted is not None:
-            n_remove = legal_count(module, wanted, plan.config.gqa_mode)
+            n_remove = legal_count(module, wanted, plan.config.gqa_mode, plan.config.multiple_of)
     fit = select_and_reconstruct(plan, module, stats, n_remove, dense_module, generator)
     shrink_module(adapter, module, fit.kept_units, fit.weight, fit.bias)
     return fit.record(module, seconds_stats)

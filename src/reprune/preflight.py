@@ -230,6 +230,7 @@ def check_config(config: PruneConfig) -> None:
     check_ratio(config.ratio)
     check_count("--num-samples", config.num_samples)
     check_count("--batch-size", config.batch_size)
+    check_count("--multiple-of", config.multiple_of)
     check_ridge("--alpha", config.alpha)
     check_ridge("--recovery-alpha", config.recovery_alpha)
     check_device(config.device)

@@ -103,7 +103,7 @@ class RunRecord:
     def from_json(cls, data: dict[str, Any]) -> RunRecord:
         counts = {k: v for k, v in data["parameters"].items() if not k.startswith("ratio_")}
         return cls(
-            config=_build(PruneConfig, data["config"]),
+            config=_build(PruneConfig, {"multiple_of": 1, **data["config"]}),  # older runs rounded no width
             model_type=data["model_type"],
             architecture=data["architecture"],
             parameters=ParameterCounts(**counts),

@@ -240,8 +240,8 @@ class Experts:
     ``module`` is called as ``module(hidden (T, d), top_k_index (T, k), top_k_weights (T, k))``: a forward
     pre-hook reads which tokens each expert gets and their gate values. ``level2_input(expert, rows)`` is
     what the expert's level 2 multiplies for those token rows, before the gate value scales it. The router
-    is not described: pruning leaves it alone. All experts have one width (one tensor), so removals go in
-    multiples of ``width_step`` (grouped_mm needs rows of a multiple of 16 bytes).
+    is not described: pruning leaves it alone. All experts have one width (one tensor), kept in
+    multiples of ``width_step`` (grouped_mm needs rows of a multiple of 16 bytes) and of ``multiple_of``.
     """
 
     module: nn.Module

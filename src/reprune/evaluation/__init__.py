@@ -12,7 +12,7 @@ from reprune.evaluation.encoder import (
     stsb_probe,
 )
 from reprune.evaluation.perplexity import perplexity, read_text_file
-from reprune.evaluation.speed import compare_speed, directory_size, measure_speed
+from reprune.evaluation.speed import compare_speed, directory_size, forward_flops, measure_speed
 from reprune.evaluation.tasks import TASKS, MultipleChoiceItem, default_task_path, load_task
 from reprune.evaluation.zero_shot import evaluate_items, evaluate_task, evaluate_tasks, loglikelihoods
 
@@ -28,6 +28,7 @@ __all__ = [
     "evaluate_task",
     "evaluate_tasks",
     "fit_probe",
+    "forward_flops",
     "glue_probe",
     "load_task",
     "loglikelihoods",

@@ -1,4 +1,5 @@
-"""Size and speed of a (pruned) model: parameters, bytes, prefill and KV-cached decode latency, peak memory.
+"""Size and speed of a (pruned) model: parameters, bytes, prefill and KV-cached decode latency, peak memory,
+and the forward FLOPs its shapes imply (what a prefill speed-up is to be compared with).
 
 Timings are medians over ``repeats`` runs after one warm-up run, under ``torch.inference_mode`` with
 CUDA synchronisation around each timed region. Inputs are random token ids (fixed seed), so the numbers
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from reprune.evaluation.perplexity import eval_mode, model_max_length, prepare_model
 
@@ -33,6 +35,24 @@ def directory_size(path: str | Path) -> int:
     if path.is_file():
         return path.stat().st_size
     return sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
+
+
+def forward_flops(model: nn.Module, seq_len: int) -> int:
+    """FLOPs (2 per multiply-add) of one forward over one sequence of ``seq_len`` tokens, from the shapes:
+    every linear layer on every token (projections and the LM head, which a prefill runs at every position)
+    and, per block, attention's scores QKᵀ and weighted values PV over the full ``seq_len``² square. Norms,
+    activations, softmax and embeddings (O(width) per token) are left out. Dense models only: a mixture's
+    experts are 3-D parameters that each token uses only some of."""
+    from reprune.adapters import get_adapter
+
+    adapter = get_adapter(model)
+    mixtures = [m.name for i in range(len(adapter.blocks())) for m in adapter.depth2_modules(i) if m.moe]
+    if mixtures:
+        raise NotImplementedError(f"forward_flops counts dense models; {mixtures[0]} is a mixture of experts, "
+                                  "whose cost depends on the routing")
+    linear = sum(module.weight.numel() for module in model.modules() if isinstance(module, (nn.Linear, Conv1D)))
+    attention = sum(2 * 2 * seq_len * seq_len * shape.num_heads * shape.head_dim for shape in adapter.layer_shapes())
+    return 2 * linear * seq_len + attention
 
 
 def _synchronize(device: torch.device) -> None:
