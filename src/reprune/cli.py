@@ -77,11 +77,20 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def task_file(value: str) -> tuple[str, str]:
+    """``TASK=PATH`` of ``--task-file``."""
+    task, sep, path = value.partition("=")
+    if not sep or not task or not path:
+        raise argparse.ArgumentTypeError(f"expected TASK=PATH (e.g. hellaswag=hellaswag_val.jsonl), got {value!r}")
+    return task, path
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from reprune.workflow import EvalOptions, evaluate_folder
 
     options = EvalOptions(ppl=args.ppl, seq_lens=args.seq_len, max_windows=args.max_windows,
-                          tasks=[t for t in (args.tasks or "").split(",") if t], limit=args.limit, sts=args.sts,
+                          tasks=[t for t in (args.tasks or "").split(",") if t], task_files=dict(args.task_file),
+                          limit=args.limit, sts=args.sts,
                           speed=args.speed, speed_batch=args.speed_batch, speed_len=args.speed_len,
                           batch_size=args.batch_size, device=args.device, json=args.json)
     _, target = evaluate_folder(args.model, options, args.dtype)
@@ -127,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="comma-separated window lengths, e.g. 128,2048")
     eval_p.add_argument("--max-windows", type=int, help="evaluate only the first N windows")
     eval_p.add_argument("--tasks", help="comma-separated zero-shot tasks, e.g. piqa,arc_easy")
+    eval_p.add_argument("--task-file", type=task_file, action="append", default=[], metavar="TASK=PATH",
+                        help="read TASK from a local .jsonl(.gz) instead of the shared data folder (repeatable)")
     eval_p.add_argument("--limit", type=int, help="first N items per task")
     eval_p.add_argument("--sts", action="store_true", help="STS-B dev Spearman (encoders)")
     eval_p.add_argument("--speed", action="store_true", help="prefill/decode latency and throughput")

@@ -48,6 +48,7 @@ class EvalOptions:
     seq_lens: list[int] = field(default_factory=lambda: [512])
     max_windows: int | None = None
     tasks: list[str] = field(default_factory=list)
+    task_files: dict[str, str] = field(default_factory=dict)  # task name -> local .jsonl(.gz) instead of the shared one
     limit: int | None = None
     sts: bool = False
     speed: bool = False
@@ -69,7 +70,7 @@ def evaluate_folder(model: str | Path, options: EvalOptions, dtype: str = "auto"
     check_eval(source, ppl=options.ppl, seq_lens=options.seq_lens, tasks=options.tasks, sts=options.sts,
                limit=options.limit, batch_size=options.batch_size, max_windows=options.max_windows,
                speed_batch=options.speed_batch, speed_len=options.speed_len, device=options.device,
-               json_path=options.json)
+               json_path=options.json, task_files=options.task_files)
     target = Path(options.json) if options.json else None
     if target is None and (source / RECORD_FILE).exists():
         target = source / EVAL_FILE  # beside the checkpoint, where `reprune report` looks
@@ -90,7 +91,8 @@ def evaluate_folder(model: str | Path, options: EvalOptions, dtype: str = "auto"
             keep(f"ppl@{seq_len}", r)
             announce(f"perplexity ({Path(options.ppl).name}, length {seq_len}): {r['ppl']:.3f}")
     for task in options.tasks:
-        r = evaluation.evaluate_tasks(loaded, tokenizer, [task], limit=options.limit,
+        paths = {task: options.task_files[task]} if task in options.task_files else None
+        r = evaluation.evaluate_tasks(loaded, tokenizer, [task], paths, limit=options.limit,
                                       batch_size=options.batch_size, device=options.device)[task]
         keep("tasks", {**results.get("tasks", {}), task: r})
         announce(f"{task}: " + ", ".join(f"{k}={v:.4f}" for k, v in r.items() if isinstance(v, float)))
