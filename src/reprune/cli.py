@@ -14,7 +14,7 @@ from reprune.reconstruction import RECONSTRUCTIONS
 from reprune.recovery import RECOVERIES
 
 def _add_prune_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="model folder, or 'smollm2' / 'minilm' (bundled)")
+    parser.add_argument("--model", required=True, help="model folder, .gguf file, or 'smollm2' / 'gemma3' / 'minilm' (bundled)")
     parser.add_argument("--out", required=True, help="output folder (written atomically)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.add_argument("--method", choices=["goa", "liar"], help="a paper's full configuration (overridable)")
@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     prune_p.set_defaults(func=cmd_prune)
 
     eval_p = sub.add_parser("eval", help="perplexity, zero-shot tasks, STS-B and speed of a checkpoint")
-    eval_p.add_argument("--model", required=True)
+    eval_p.add_argument("--model", required=True, help="model folder, .gguf file or bundled name")
     eval_p.add_argument("--ppl", help="text file for perplexity (e.g. WikiText-2 test)")
     eval_p.add_argument("--seq-len", type=lambda s: [int(x) for x in s.split(",")], default=[512],
                         help="comma-separated window lengths, e.g. 128,2048")

@@ -13,6 +13,7 @@ import math
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from struct import error as struct_error
 from typing import IO, TYPE_CHECKING, Any
 
 import torch
@@ -109,6 +110,38 @@ def read_model_config(folder: str | Path) -> dict[str, Any]:
                                     "copy them into the folder.")
     _refuse_folder_code(folder, config)
     return config
+
+
+GGUF_MAGIC = b"GGUF"
+
+
+def check_gguf_file(path: str | Path) -> None:
+    """A ``--model`` GGUF file exists, is readable, is GGUF and holds an architecture transformers can read,
+    before its (once per file, 30-90 s) conversion. A GGUF file holds data only: nothing in it is executed."""
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"GGUF file not found: {path}. Pass the path of an existing .gguf file.")
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(len(GGUF_MAGIC))
+    except OSError as err:
+        raise PreflightError(f"{path} cannot be read ({err.strerror}); check its permissions.") from None
+    if magic != GGUF_MAGIC:
+        raise PreflightError(f"{path} is not a GGUF file (it starts with {magic!r}, not {GGUF_MAGIC!r}); the file is "
+                             "damaged or truncated, or it is another format: pass a .gguf file or a model folder.")
+    import gguf
+
+    try:
+        field = gguf.GGUFReader(path).fields.get("general.architecture")
+    except (ValueError, IndexError, struct_error) as err:
+        raise PreflightError(f"{path}: the GGUF header cannot be read ({err}); the file is damaged or truncated.") from None
+    architecture = bytes(field.parts[field.data[0]]).decode() if field is not None else None
+    if architecture not in GGUF_SUPPORTED_ARCHITECTURES:
+        raise PreflightError(f"{path}: GGUF architecture {architecture!r} is not one transformers reads from GGUF "
+                             f"({', '.join(sorted(GGUF_SUPPORTED_ARCHITECTURES))}); convert the model to a Hugging "
+                             "Face folder instead.")
 
 
 def _text_config(config: dict[str, Any]) -> dict[str, Any]:
