@@ -53,8 +53,10 @@ def _arc_rows(path: Path) -> list[dict]:
 
 
 def write_lm_eval_tasks(folder: Path) -> dict[str, str]:
-    """lm-eval task configs that include the stock ``piqa``/``arc_easy`` definitions but read local JSONL."""
+    """lm-eval task configs: the stock ``piqa``/``arc_easy`` definitions (prompts, choices, targets, metrics)
+    with only the data source replaced by local JSONL."""
     import lm_eval
+    import yaml
 
     stock = Path(lm_eval.__file__).parent / "tasks"
     names = {}
@@ -63,10 +65,12 @@ def write_lm_eval_tasks(folder: Path) -> dict[str, str]:
         data = folder / f"{task}.jsonl"
         data.write_text("".join(json.dumps(row) + "\n" for row in rows))
         names[task] = f"{task}_reprune_check"
-        (folder / f"{task}.yaml").write_text(
-            f"include: {yaml_path}\ntask: {names[task]}\ntag: []\ndataset_path: json\ndataset_name: null\n"
-            f"dataset_kwargs:\n  data_files:\n    test: {data}\ntraining_split: null\nvalidation_split: null\n"
-            "test_split: test\nfewshot_split: null\n")
+        config = yaml.safe_load(yaml_path.read_text())
+        config.pop("tag", None)
+        config |= {"task": names[task], "dataset_path": "json", "dataset_name": None,
+                   "dataset_kwargs": {"data_files": {"test": str(data)}}, "training_split": None,
+                   "validation_split": None, "test_split": "test"}
+        (folder / f"{task}.yaml").write_text(yaml.safe_dump(config))
     return names
 
 
@@ -119,7 +123,7 @@ def main() -> int:
     p.add_argument("--json", help="write the rows here")
     args = p.parse_args()
     rows = [row for model in args.models for row in compare(model, args.limit, args.batch_size, args.tolerance)]
-    print("| model | task | n | same prompts | max abs Δ log-lik | acc preds differing | acc_norm preds differing |")
+    print("| model | task | n | same prompts | max abs Δ log-lik | items whose acc differs | items whose acc_norm differs |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['task']} | {r['n']} | {r['same_prompts']} | {r['max_abs_loglik_diff']:.2e} | "
