@@ -20,7 +20,7 @@ from reprune.model_card import write_card
 from reprune.models import BUNDLED_HUB_IDS, is_gguf, load_model, resolve_model_dir
 from reprune.outputs import check_output_dir, reserve_output
 from reprune.outputs import write_json
-from reprune.preflight import check_config, check_eval, check_gguf_file, check_prune
+from reprune.preflight import check_config, check_eval, check_prune
 from reprune.record import EVAL_FILE, RECORD_FILE, RunRecord
 
 
@@ -32,11 +32,10 @@ def prune_folder(model: str | Path, out: str | Path, config: PruneConfig, calibr
 
     Returns the written folder and the run's record (also saved there as ``reprune_report.json``).
     """
-    if is_gguf(model):  # the file, the options and the output are checked before the once-per-file conversion
-        check_gguf_file(model)
+    if is_gguf(model):  # the options and the output are checked before the once-per-file conversion
         check_config(config)
         check_output_dir(out, overwrite)
-    source = resolve_model_dir(model)
+    source = resolve_model_dir(model)  # a GGUF file is checked (exists, readable, GGUF) before it is converted
     check_prune(source, config, dtype, calibration if isinstance(calibration, (str, Path)) else "", text_field)
     with reserve_output(out, overwrite, inputs=[source]):
         loaded, tokenizer, folder = load_model(source, dtype)
