@@ -525,6 +525,53 @@ def test_eval_names_a_bad_task_file(cli: Cli, work: Path, content: str, message:
 
 
 @pytest.mark.parametrize("args, message", [
+    (["--tasks", "pica"], "unknown task(s) 'pica'"),
+    (["--tasks", "piqa", "--task-file", "piqa=missing.jsonl"], "--task-file piqa=missing.jsonl: no such file"),
+    (["--tasks", "arc_easy", "--task-file", "arc_easy=corpus.txt"], "corpus.txt:1 is not valid JSON"),
+    (["--tasks", "piqa", "--task-file", "arc_easy=arc.jsonl"], "--task-file names arc_easy, which --tasks does not list"),
+    (["--tasks", "mmlu", "--task-file", "mmlu=arc.jsonl"], "unknown task(s) 'mmlu'"),
+    (["--tasks", "hellaswag"], "--task-file hellaswag=PATH"),  # the shared folder has no HellaSwag file
+])
+def test_eval_checks_tasks_and_task_files_before_loading_the_model(cli: Cli, work: Path, args: list[str],
+                                                                   message: str) -> None:
+    shutil.copyfile(FIXTURES / "arc_easy.jsonl", work / "arc.jsonl")
+    _corrupt_weights(work)  # loading would fail with another error: the task error proves the order
+    result = cli("eval", "--model", "model", *args)
+    assert result.code == 2 and message in result.err, result.err
+    assert "safetensors" not in result.err
+
+
+def test_eval_task_file_needs_task_and_path(cli: Cli, work: Path) -> None:
+    result = cli("eval", "--model", "model", "--tasks", "piqa", "--task-file", "piqa")
+    assert result.code == 2 and "expected TASK=PATH" in result.err, result.err
+
+
+def test_eval_reads_a_task_from_its_task_file(cli: Cli, work: Path) -> None:
+    """arc_easy is not in the test's shared folder: only the --task-file can provide it."""
+    shutil.copyfile(FIXTURES / "arc_easy.jsonl", work / "arc.jsonl")
+    result = cli("eval", "--model", "model", "--tasks", "piqa,arc_easy", "--task-file", "arc_easy=arc.jsonl",
+                 "--json", "eval.json")
+    assert result.code == 0, result.err
+    tasks = json.loads((work / "eval.json").read_text())["tasks"]
+    assert tasks["arc_easy"]["n"] == 3 and tasks["piqa"]["n"] == 3
+
+
+def test_evaluate_folder_scores_the_task_file(work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from reprune.evaluation import evaluate_task
+    from reprune.models import load_model
+    from reprune.workflow import EvalOptions, evaluate_folder
+
+    monkeypatch.setenv("REPRUNE_SHARED_DATA", str(work / "shared"))
+    options = EvalOptions(tasks=["arc_easy"], task_files={"arc_easy": str(FIXTURES / "arc_easy.jsonl")}, limit=2,
+                          json=str(work / "eval.json"))
+    results, _ = evaluate_folder(work / "model", options, announce=lambda line: None)
+    model, tokenizer, _ = load_model(work / "model")
+    direct = evaluate_task(model, tokenizer, "arc_easy", FIXTURES / "arc_easy.jsonl", limit=2, progress=False)
+    assert results["tasks"]["arc_easy"]["n"] == 2
+    assert results["tasks"]["arc_easy"]["acc_norm"] == direct["acc_norm"]
+
+
+@pytest.mark.parametrize("args, message", [
     (["--ppl", "corpus.txt", "--batch-size", "0"], "--batch-size must be"),
     (["--ppl", "corpus.txt", "--seq-len", "16,65"], "longer than the model's 64 positions"),
     (["--tasks", "piqa", "--limit", "0"], "--limit must be"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import transformers
 from torch import nn
@@ -110,4 +112,59 @@ def entered_path(adapter, acts, index: int):
 
     path = CalibrationPath(adapter, acts)
     path.enter(adapter.blocks()[index], index)
+    return path
+
+
+def _byte_tokens() -> list[str]:
+    """GPT-2's byte-to-character table: one token per byte, so any text tokenises without merges."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    extra = iter(range(256, 512))
+    return [chr(b) if b in printable else chr(next(extra)) for b in range(256)]
+
+
+def write_tiny_gguf(path: Path, seed: int = 0, hidden: int = 32, ffn: int = 64, layers: int = 2, heads: int = 4,
+                    kv_heads: int = 2) -> Path:
+    """A tiny random LLaMA as a GGUF file (float32 tensors, a byte-level BPE vocabulary of 259 tokens), the way
+    llama.cpp lays it out, so transformers reads it with ``from_pretrained(dir, gguf_file=...)``."""
+    import gguf
+    import numpy as np
+
+    tokens = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *_byte_tokens(), "Ġt", "Ġa", "he"]
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_name("tiny-llama-test")
+    writer.add_block_count(layers)
+    writer.add_context_length(256)
+    writer.add_embedding_length(hidden)
+    writer.add_feed_forward_length(ffn)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_rope_dimension_count(hidden // heads)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("smollm")
+    writer.add_token_list(tokens)
+    writer.add_token_types([3, 3, 3] + [1] * (len(tokens) - 3))
+    writer.add_token_merges(["Ġ t", "Ġ a", "h e"])
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_pad_token_id(2)
+    rng = np.random.default_rng(seed)
+    head_dim = hidden // heads
+
+    def tensor(name: str, *shape: int) -> None:
+        values = rng.standard_normal(shape) * 0.05 if len(shape) > 1 else 1 + 0.1 * rng.standard_normal(shape)
+        writer.add_tensor(name, values.astype(np.float32))
+
+    tensor("token_embd.weight", len(tokens), hidden)
+    tensor("output_norm.weight", hidden)
+    for block in range(layers):
+        for name, shape in (("attn_norm", (hidden,)), ("ffn_norm", (hidden,)), ("attn_q", (hidden, hidden)),
+                            ("attn_k", (kv_heads * head_dim, hidden)), ("attn_v", (kv_heads * head_dim, hidden)),
+                            ("attn_output", (hidden, hidden)), ("ffn_gate", (ffn, hidden)), ("ffn_up", (ffn, hidden)),
+                            ("ffn_down", (hidden, ffn))):
+            tensor(f"blk.{block}.{name}.weight", *shape)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
     return path

@@ -22,6 +22,7 @@ from transformers.models.auto import modeling_auto
 from transformers.pytorch_utils import Conv1D
 
 from reprune.adapters import ModelAdapter, get_adapter
+from reprune.model_card import write_card
 from reprune.outputs import OutputExistsError, check_output_dir, reserve_output  # noqa: F401  (re-exported)
 from reprune.preflight import PreflightError, check_device, read_model_config
 from reprune.record import REMOTE_FILE, RunRecord
@@ -146,7 +147,9 @@ def save_pruned(model: nn.Module, tokenizer: Any, out_dir: str | Path, record: R
             if not is_plain:
                 shutil.copyfile(Path(modeling_reprune.__file__), staging / REMOTE_FILE)
             if record is not None:
-                dataclasses.replace(record, plain_transformers=is_plain).write(staging)
+                saved = dataclasses.replace(record, plain_transformers=is_plain)
+                saved.write(staging)
+                write_card(staging, saved, name=reservation.out.name)
         return reservation.out
 
 

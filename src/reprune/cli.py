@@ -14,7 +14,7 @@ from reprune.reconstruction import RECONSTRUCTIONS
 from reprune.recovery import RECOVERIES
 
 def _add_prune_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="model folder, or 'smollm2' / 'minilm' (bundled)")
+    parser.add_argument("--model", required=True, help="model folder, .gguf file, or 'smollm2' / 'gemma3' / 'minilm' (bundled)")
     parser.add_argument("--out", required=True, help="output folder (written atomically)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.add_argument("--method", choices=["goa", "liar"], help="a paper's full configuration (overridable)")
@@ -80,11 +80,20 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def task_file(value: str) -> tuple[str, str]:
+    """``TASK=PATH`` of ``--task-file``."""
+    task, sep, path = value.partition("=")
+    if not sep or not task or not path:
+        raise argparse.ArgumentTypeError(f"expected TASK=PATH (e.g. hellaswag=hellaswag_val.jsonl), got {value!r}")
+    return task, path
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from reprune.workflow import EvalOptions, evaluate_folder
 
     options = EvalOptions(ppl=args.ppl, seq_lens=args.seq_len, max_windows=args.max_windows,
-                          tasks=[t for t in (args.tasks or "").split(",") if t], limit=args.limit, sts=args.sts,
+                          tasks=[t for t in (args.tasks or "").split(",") if t], task_files=dict(args.task_file),
+                          limit=args.limit, sts=args.sts,
                           speed=args.speed, speed_batch=args.speed_batch, speed_len=args.speed_len,
                           batch_size=args.batch_size, device=args.device, json=args.json)
     _, target = evaluate_folder(args.model, options, args.dtype)
@@ -124,12 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
     prune_p.set_defaults(func=cmd_prune)
 
     eval_p = sub.add_parser("eval", help="perplexity, zero-shot tasks, STS-B and speed of a checkpoint")
-    eval_p.add_argument("--model", required=True)
+    eval_p.add_argument("--model", required=True, help="model folder, .gguf file or bundled name")
     eval_p.add_argument("--ppl", help="text file for perplexity (e.g. WikiText-2 test)")
     eval_p.add_argument("--seq-len", type=lambda s: [int(x) for x in s.split(",")], default=[512],
                         help="comma-separated window lengths, e.g. 128,2048")
     eval_p.add_argument("--max-windows", type=int, help="evaluate only the first N windows")
     eval_p.add_argument("--tasks", help="comma-separated zero-shot tasks, e.g. piqa,arc_easy")
+    eval_p.add_argument("--task-file", type=task_file, action="append", default=[], metavar="TASK=PATH",
+                        help="read TASK from a local .jsonl(.gz) instead of the shared data folder (repeatable)")
     eval_p.add_argument("--limit", type=int, help="first N items per task")
     eval_p.add_argument("--sts", action="store_true", help="STS-B dev Spearman (encoders)")
     eval_p.add_argument("--speed", action="store_true", help="prefill/decode latency and throughput")

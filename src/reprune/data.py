@@ -1,7 +1,7 @@
 """Text corpora and calibration samples.
 
-The library takes any local text/JSON(L) file, the embedded Wikipedia sample that ships inside the
-``gensim`` wheel, or (where a network exists) a Hugging Face dataset name.
+The library takes any local text/JSON(L) file, the embedded Wikipedia sample (``wiki-embedded``, shipped
+inside reprune, see :data:`EMBEDDED_CORPUS`), or (where a network exists) a Hugging Face dataset name.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import bz2
 import gzip
 import importlib.util
+import json
 from pathlib import Path
 
 import torch
@@ -17,6 +18,9 @@ from torch import nn
 from reprune.preflight import parse_json, read_text
 
 EMBEDDED_WIKI = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+# The article texts gensim's parser makes of EMBEDDED_WIKI (gensim 4.4.0), shipped with reprune so that the
+# default calibration works from a plain install; NOTICE beside it gives the source and the licence.
+EMBEDDED_CORPUS = Path(__file__).parent / "corpora" / "wiki-embedded.jsonl.bz2"
 
 
 class CorpusError(ValueError):
@@ -24,7 +28,8 @@ class CorpusError(ValueError):
 
 
 def embedded_wikipedia_path() -> Path:
-    """The ~3 MB Wikipedia dump inside the gensim wheel (disjoint from WikiText-2 test)."""
+    """The ~1.7 MB Wikipedia dump inside the gensim wheel (disjoint from WikiText-2 test), the source of
+    :data:`EMBEDDED_CORPUS`."""
     spec = importlib.util.find_spec("gensim")
     if spec is None or spec.origin is None:
         raise CorpusError("The embedded Wikipedia corpus needs the 'gensim' package: pip install gensim")
@@ -34,21 +39,46 @@ def embedded_wikipedia_path() -> Path:
     return path
 
 
-def _wiki_dump_texts(path: Path) -> list[str]:
-    """Article texts of a MediaWiki XML dump with the markup removed (gensim's own parser)."""
+def _wiki_dump_articles(path: Path) -> list[tuple[str, str]]:
+    """(title, text) of the articles of a MediaWiki XML dump with the markup removed (gensim's own parser)."""
+    if importlib.util.find_spec("gensim") is None:
+        raise CorpusError(f"Reading the wiki dump {path} needs the 'gensim' package: pip install gensim")
     from gensim.corpora.wikicorpus import extract_pages, filter_wiki
 
-    texts = []
+    articles = []
     with bz2.open(path, "rb") as handle:
-        for _title, text, _pageid in extract_pages(handle):
+        for title, text, _pageid in extract_pages(handle):
             if not text or text.lower().startswith("#redirect"):
                 continue
             clean = filter_wiki(text).replace("'''", "").replace("''", "")
             lines = [line.strip() for line in clean.splitlines()]
             body = "\n".join(line for line in lines if line and not line.startswith(("|", "!", "{", "}")))
             if len(body) > 200:
-                texts.append(body)
-    return texts
+                articles.append((title, body))
+    return articles
+
+
+def _wiki_dump_texts(path: Path) -> list[str]:
+    return [text for _title, text in _wiki_dump_articles(path)]
+
+
+def embedded_corpus_texts() -> list[str]:
+    """The shipped ``wiki-embedded`` texts: the same list that parsing gensim's dump gives, without gensim."""
+    if not EMBEDDED_CORPUS.is_file():
+        raise CorpusError(f"{EMBEDDED_CORPUS} is missing from the reprune installation; reinstall reprune")
+    with bz2.open(EMBEDDED_CORPUS, "rt", encoding="utf-8") as handle:
+        return [json.loads(line)["text"] for line in handle if line.strip()]
+
+
+def write_embedded_corpus(target: Path = EMBEDDED_CORPUS) -> Path:
+    """Rebuild the shipped corpus from gensim's dump (a maintainer's step; needs gensim): one JSON line
+    ``{"title", "text"}`` per article, in dump order, bz2-compressed."""
+    lines = [json.dumps({"title": title, "text": text}, ensure_ascii=False)
+             for title, text in _wiki_dump_articles(embedded_wikipedia_path())]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with bz2.open(target, "wt", encoding="utf-8", compresslevel=9) as handle:
+        handle.write("\n".join(lines) + "\n")
+    return target
 
 
 def _open_text(path: Path) -> str:
@@ -60,7 +90,7 @@ def load_corpus(source: str | Path, text_field: str = "text") -> list[str]:
     """Documents from ``source``: 'wiki-embedded', a .txt/.raw/.jsonl/.json(.gz) file, a .xml.bz2 wiki
     dump, or a Hugging Face dataset name ``name[:config[:split]]`` (needs the network)."""
     if str(source) in ("wiki-embedded", "embedded"):
-        return _wiki_dump_texts(embedded_wikipedia_path())
+        return embedded_corpus_texts()
     path = Path(source)
     if path.exists():
         name = path.name

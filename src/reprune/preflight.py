@@ -13,6 +13,7 @@ import math
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from struct import error as struct_error
 from typing import IO, TYPE_CHECKING, Any
 
 import torch
@@ -109,6 +110,38 @@ def read_model_config(folder: str | Path) -> dict[str, Any]:
                                     "copy them into the folder.")
     _refuse_folder_code(folder, config)
     return config
+
+
+GGUF_MAGIC = b"GGUF"
+
+
+def check_gguf_file(path: str | Path) -> None:
+    """A ``--model`` GGUF file exists, is readable, is GGUF and holds an architecture transformers can read,
+    before its (once per file, 30-90 s) conversion. A GGUF file holds data only: nothing in it is executed."""
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"GGUF file not found: {path}. Pass the path of an existing .gguf file.")
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(len(GGUF_MAGIC))
+    except OSError as err:
+        raise PreflightError(f"{path} cannot be read ({err.strerror}); check its permissions.") from None
+    if magic != GGUF_MAGIC:
+        raise PreflightError(f"{path} is not a GGUF file (it starts with {magic!r}, not {GGUF_MAGIC!r}); the file is "
+                             "damaged or truncated, or it is another format: pass a .gguf file or a model folder.")
+    import gguf
+
+    try:
+        field = gguf.GGUFReader(path).fields.get("general.architecture")
+    except (ValueError, IndexError, struct_error) as err:
+        raise PreflightError(f"{path}: the GGUF header cannot be read ({err}); the file is damaged or truncated.") from None
+    architecture = bytes(field.parts[field.data[0]]).decode() if field is not None else None
+    if architecture not in GGUF_SUPPORTED_ARCHITECTURES:
+        raise PreflightError(f"{path}: GGUF architecture {architecture!r} is not one transformers reads from GGUF "
+                             f"({', '.join(sorted(GGUF_SUPPORTED_ARCHITECTURES))}); convert the model to a Hugging "
+                             "Face folder instead.")
 
 
 def _text_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -276,16 +309,23 @@ def check_calibration_ids(ids: object, vocab_size: int) -> None:
                              "the tokenizer does not match the model; use the tokenizer saved with the model")
 
 
-def check_tasks(names: Iterable[str], limit: int | None) -> None:
-    """Known task names whose files exist, parse and hold items (they are small; the model is not)."""
+def check_tasks(names: Iterable[str], limit: int | None, task_files: dict[str, str | Path] | None = None) -> None:
+    """Known task names whose files (``task_files[name]``, else the shared one) exist, parse and hold items
+    (they are small; the model is not)."""
     from reprune.evaluation.tasks import TASKS, default_task_path, load_task
 
-    names = list(names)
-    unknown = [name for name in names if name not in TASKS]
+    names, task_files = list(names), dict(task_files or {})
+    unknown = [name for name in [*names, *task_files] if name not in TASKS]
     if unknown:
         raise PreflightError(f"unknown task(s) {', '.join(map(repr, unknown))}; choose from {', '.join(sorted(TASKS))}")
+    unused = [name for name in task_files if name not in names]
+    if unused:
+        raise PreflightError(f"--task-file names {', '.join(unused)}, which --tasks does not list; "
+                             f"add it: --tasks {','.join([*names, *unused])}")
     for name in names:
-        path = default_task_path(name)
+        path = Path(task_files[name]) if name in task_files else default_task_path(name)
+        if not path.is_file():
+            raise FileNotFoundError(f"--task-file {name}={path}: no such file; pass the path of a {name} .jsonl file")
         try:
             items = load_task(name, path, limit)
         except (KeyError, TypeError, IndexError, AttributeError) as err:
@@ -310,7 +350,7 @@ def check_demo(ratio: float, device: str | None, out: str | Path) -> None:
 
 def check_eval(folder: Path, *, ppl: str | None, seq_lens: list[int], tasks: list[str], sts: bool, limit: int | None,
                batch_size: int, max_windows: int | None, speed_batch: int, speed_len: int, device: str | None,
-               json_path: str | None) -> None:
+               json_path: str | None, task_files: dict[str, str | Path] | None = None) -> None:
     """Every option and file of ``reprune eval``, so nothing fails after a metric has been computed."""
     from reprune.evaluation.encoder import STSB_DEV, read_glue_tsv
     from reprune.models import shared_data_dir
@@ -326,7 +366,7 @@ def check_eval(folder: Path, *, ppl: str | None, seq_lens: list[int], tasks: lis
         read_text(ppl)
         for seq_len in seq_lens:
             check_seq_len("--seq-len", seq_len, model_config, folder)
-    check_tasks(tasks, limit)
+    check_tasks(tasks, limit, task_files)
     if sts and len(read_glue_tsv(shared_data_dir() / STSB_DEV, limit)) < 2:
         raise PreflightError(f"{shared_data_dir() / STSB_DEV} holds fewer than 2 sentence pairs; restore it or raise --limit")
     check_device(device)

@@ -86,6 +86,7 @@ class RunRecord:
     timings: Timings
     versions: dict[str, str]
     input_model: str | None = None
+    base_model: str | None = None  # the input's Hugging Face Hub id, where known (the bundled models)
     plain_transformers: bool | None = None  # set when saved: loads with plain from_pretrained
 
     def to_json(self) -> dict[str, Any]:
@@ -113,6 +114,7 @@ class RunRecord:
             timings=_build(Timings, data["timings"]),
             versions=dict(data.get("versions", {})),
             input_model=data.get("input_model"),
+            base_model=data.get("base_model"),
             plain_transformers=data.get("plain_transformers"),
         )
 

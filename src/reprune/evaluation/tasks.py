@@ -338,13 +338,13 @@ def default_task_path(name: str) -> Path:
         hint = _SPLIT_HINTS.get(name, f"a {name} file")
         raise FileNotFoundError(
             f"The shared data folder ({shared_data_dir()}) has no file for task {name!r}; "
-            f"pass {hint} with --task-file (or the path argument)."
+            f"pass {hint} with --task-file {name}=PATH (or the path argument)."
         )
     path = shared_data_dir() / _SHARED_FILES[name]
     if not path.is_file():
         raise FileNotFoundError(
             f"Expected the shared {name} file at {path}, but it is missing; set REPRUNE_SHARED_DATA to the "
-            f"shared data folder or pass the file with --task-file (or the path argument)."
+            f"shared data folder or pass the file with --task-file {name}=PATH (or the path argument)."
         )
     return path
 
