@@ -273,13 +273,20 @@ def causal_model_types() -> list[str]:
     return [t for t in supported_model_types() if ADAPTER_CLASSES[t].causal]
 
 
+def headline(error: str) -> str:
+    """The line of an error that names the problem (pydantic's first line only counts the errors)."""
+    lines = [line.strip() for line in error.splitlines() if line.strip()]
+    reason = next((line for line in lines if line.startswith("Value error,")), lines[0] if lines else "")
+    return reason.removeprefix("Value error, ")
+
+
 def print_row(row: Row) -> None:
     case = row.case
     equal = f"{row.prompts_equal}/{len(case.prompts)} prompts" if row.loads_in_vllm and not row.error else "–"
     if row.loads_in_vllm and row.prompts_equal < len(case.prompts):
         equal += " (equal tokens " + ", ".join(map(str, row.tokens_equal)) + "; margin " + ", ".join(
             "–" if m is None else f"{m:.2g}" for m in row.margin_at_difference) + ")"
-    error = row.error.replace("|", "/").replace("\n", " ")[:160]
+    error = headline(row.error).replace("|", "/")[:160]
     print(f"| {case.model} | {case.variant} | {case.checkpoint} {case.sizes} | {'yes' if row.loads_in_vllm else 'no'} "
           f"| {equal} | {error} |", flush=True)
 
