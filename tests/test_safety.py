@@ -655,6 +655,17 @@ def test_save_pruned_never_replaces_the_folder_the_model_came_from(work: Path) -
     assert digest(work / "model") == before and leftovers(work) == []
 
 
+def test_save_pruned_of_a_model_built_in_memory_writes_below_the_working_folder(
+        work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model built from a config has no folder (``name_or_path`` is empty), so none is protected: an empty
+    path must not be read as the working folder, which would refuse every output below it."""
+    monkeypatch.chdir(work)
+    pruned, report = prune(tiny_model("llama"), calibration_batch(4, 16), PruneConfig(ratio=0.3), progress=False)
+    assert pruned.config.name_or_path == ""
+    out = save_pruned(pruned, None, work / "runs" / "pruned", report)
+    assert (out / "config.json").exists()
+
+
 def test_max_positions_reads_every_family() -> None:
     for family in ("llama", "gpt2", "opt", "bert"):
         assert max_positions(tiny_config(family).to_dict()) == 64

@@ -66,20 +66,23 @@ CONTRACT_SIZES = {"vocab_size": VOCAB, "hidden_size": 32, "num_hidden_layers": 2
                   "intermediate_size": 48, "max_position_embeddings": 64}
 
 
-def contract_model(model_type: str, seed: int = 0, auto: type | None = None, **overrides) -> nn.Module:
+def contract_model(model_type: str, seed: int = 0, auto: type | None = None, sizes: dict | None = None,
+                   **overrides) -> nn.Module:
     """A tiny random model of any model type an adapter serves: GQA (2 KV heads) wherever the config has them.
 
     ``overrides`` are config keys on top of the adapter's ``tiny_config`` (another variant of the family);
-    ``auto`` the transformers auto class to build (default: causal LM, or the bare encoder)."""
+    ``auto`` the transformers auto class to build (default: causal LM, or the bare encoder); ``sizes``
+    replaces :data:`CONTRACT_SIZES` (a larger model, e.g. one a serving engine accepts)."""
     from reprune.adapters import ADAPTER_CLASSES
 
     adapter = ADAPTER_CLASSES[model_type]
     extra = {**adapter.tiny_config.get(model_type, {}), **overrides}
-    config = transformers.AutoConfig.for_model(model_type, **{**CONTRACT_SIZES, **extra})
+    sizes = sizes or CONTRACT_SIZES
+    config = transformers.AutoConfig.for_model(model_type, **{**sizes, **extra})
     if hasattr(config, "num_key_value_heads") and "num_key_value_heads" not in extra:
         config.num_key_value_heads = 2
     if adapter.ffn_config_key:
-        setattr(config, adapter.ffn_config_key, CONTRACT_SIZES["intermediate_size"])
+        setattr(config, adapter.ffn_config_key, sizes["intermediate_size"])
     auto = auto or (transformers.AutoModelForCausalLM if adapter.causal else transformers.AutoModel)
     torch.manual_seed(seed)
     return _randomised(auto.from_config(config))

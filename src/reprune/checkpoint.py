@@ -135,8 +135,8 @@ def save_pruned(model: nn.Module, tokenizer: Any, out_dir: str | Path, record: R
                 overwrite: bool = False) -> Path:
     """Write the pruned model atomically (see :mod:`reprune.outputs`); the folder the model was loaded
     from, and any folder holding it, is never replaced."""
-    source = Path(getattr(model.config, "name_or_path", "") or "")
-    inputs = [source] if str(source) and source.is_dir() else []
+    source = getattr(model.config, "name_or_path", "") or ""  # empty for a model built from a config, not "."
+    inputs = [Path(source)] if source and Path(source).is_dir() else []
     with reserve_output(out_dir, overwrite, inputs) as reservation:
         summary = {} if record is None else {key: getattr(record.config, key) for key in SUMMARY_FIELDS}
         is_plain = finalise_config(model, summary)
