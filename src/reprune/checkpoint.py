@@ -19,9 +19,9 @@ import torch
 import transformers
 from torch import nn
 from transformers.models.auto import modeling_auto
-from transformers.pytorch_utils import Conv1D
 
-from reprune.adapters import ModelAdapter, get_adapter
+from reprune.adapters import get_adapter
+from reprune.manifest import manifest_against
 from reprune.outputs import OutputExistsError, check_output_dir, reserve_output  # noqa: F401  (re-exported)
 from reprune.preflight import PreflightError, check_device, read_model_config
 from reprune.record import REMOTE_FILE, RunRecord
@@ -37,53 +37,6 @@ AUTO_MAPPINGS = (
 # the config fields a checkpoint's ``config.reprune`` summary repeats from the record
 SUMMARY_FIELDS = ("ratio", "criterion", "attention_criterion", "ffn_criterion", "reconstruction", "recovery",
                   "allocation", "targets", "gqa_mode")
-
-
-def _shape_spec(module: nn.Module) -> dict[str, Any]:
-    if isinstance(module, Conv1D):
-        return {"type": "Conv1D", "in": module.weight.shape[0], "out": module.weight.shape[1], "bias": True}
-    return {"type": "Linear", "in": module.in_features, "out": module.out_features, "bias": module.bias is not None}
-
-
-def _reference_model(model: nn.Module, config: transformers.PretrainedConfig) -> nn.Module:
-    """The architecture as ``config`` alone would build it, on the meta device (no memory)."""
-    with torch.device("meta"):
-        return type(model)(config)
-
-
-def manifest_against(model: nn.Module, config: transformers.PretrainedConfig, adapter: ModelAdapter) -> dict[str, Any]:
-    """What differs from the model ``config`` builds: projection shapes and biases, other parameters'
-    shapes (per-head norms, a mixture's 3-D expert parameters), biases reprune gave a mixture's experts,
-    module list lengths (per-head norm lists), argument selections (heads of a shared position bias); plus
-    the attention attributes. Empty when nothing differs."""
-    reference = _reference_model(model, config)
-    modules, parameters, expert_biases, module_lists, selections = {}, {}, {}, {}, {}
-    for name, module in model.named_modules():
-        if isinstance(module, (nn.Linear, Conv1D)):
-            spec = _shape_spec(module)
-            if spec != _shape_spec(reference.get_submodule(name)):
-                modules[name] = spec
-            continue
-        for param_name, param in module.named_parameters(recurse=False):
-            if param_name == modeling_reprune.EXPERT_BIAS:
-                expert_biases[name] = list(param.shape)
-            elif param.shape != getattr(reference.get_submodule(name), param_name).shape:
-                parameters[f"{name}.{param_name}" if name else param_name] = list(param.shape)
-        if isinstance(module, nn.ModuleList) and len(module) != len(reference.get_submodule(name)):
-            module_lists[name] = len(module)
-        if hasattr(module, modeling_reprune.SELECTION):
-            selections[name] = getattr(module, modeling_reprune.SELECTION)
-    if not (modules or parameters or expert_biases or module_lists or selections):
-        return {}
-    paths = {id(m): name for name, m in model.named_modules()}
-    attributes = {}
-    for index, shape in enumerate(adapter.layer_shapes()):
-        attention = adapter.depth2_modules(index)[0]
-        attributes[paths[id(attention.parent)]] = adapter.attention_attributes(
-            shape.num_heads, shape.num_kv_heads, shape.head_dim)
-    return {"version": 1, "modules": modules, "parameters": parameters, "expert_biases": expert_biases,
-            "module_lists": module_lists,
-            "selections": selections, "attributes": attributes}
 
 
 def _auto_map(model: nn.Module) -> dict[str, str]:
