@@ -1,6 +1,7 @@
 """Checkpoint I/O: a ``save_pretrained`` folder (safetensors, tokenizer, config, run record).
 
-A uniformly pruned model whose sizes the config can state loads with plain transformers. Otherwise
+A uniformly pruned model whose sizes and biases a stock config can state (its own architecture's, or one it
+is exactly, see :mod:`reprune.stock`) loads with plain transformers. Otherwise
 the config carries a ``reprune_manifest`` of the changed projection shapes, and a small modelling file
 in the folder makes it load with ``trust_remote_code=True`` (or with :func:`load`) without reprune.
 Output goes through :mod:`reprune.outputs` (locked, staged beside the target, swapped in when complete).
@@ -8,7 +9,6 @@ Output goes through :mod:`reprune.outputs` (locked, staged beside the target, sw
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import pickle
 import shutil
@@ -26,6 +26,7 @@ from reprune.outputs import OutputExistsError, check_output_dir, reserve_output 
 from reprune.preflight import PreflightError, check_device, read_model_config
 from reprune.record import REMOTE_FILE, RunRecord
 from reprune.remote_code import modeling_reprune
+from reprune.stock import StockForm, bare_config, stock_form
 
 # auto classes a checkpoint's ``auto_map`` may name, with transformers' table of their model classes
 AUTO_MAPPINGS = (
@@ -51,34 +52,24 @@ def _auto_map(model: nn.Module) -> dict[str, str]:
     return mapping
 
 
-def finalise_config(model: nn.Module, pruning_summary: dict[str, Any]) -> bool:
-    """Make ``model.config`` describe the pruned model; returns True if plain transformers can load it."""
-    adapter = get_adapter(model)
-    original = copy.deepcopy(model.config)
-    for key in ("reprune_manifest", "auto_map"):
-        if hasattr(original, key):
-            delattr(original, key)
-    plain = copy.deepcopy(original)
-    updates = adapter.plain_config_updates(adapter.layer_shapes())
-    if updates is not None:
-        for key, value in {**updates, **adapter.bias_config_updates()}.items():
-            setattr(plain, key, value)
-        try:
-            plain.validate()  # e.g. LlamaConfig insists that hidden_size is a multiple of the head count
-        except Exception:  # noqa: BLE001  (any validation failure means: not expressible)
-            updates = None
-    if updates is not None and not manifest_against(model, plain, adapter):
-        config, is_plain = plain, True
+def finalise_config(model: nn.Module, pruning_summary: dict[str, Any]) -> StockForm | None:
+    """Make ``model.config`` describe the pruned model in its own architecture (with a manifest where its
+    config cannot state every size and bias); returns the stock form that saving writes instead, if any."""
+    form = stock_form(model)
+    if form is not None and not form.reexpressed:
+        config = form.config
     else:
-        config, is_plain = original, False
-        config.reprune_manifest = manifest_against(model, original, adapter)
-        if not hasattr(transformers, type(model).__name__):
+        config = bare_config(model.config)
+        config.reprune_manifest = manifest_against(model, config, get_adapter(model))
+        if form is None and not hasattr(transformers, type(model).__name__):
             raise ValueError(f"{type(model).__name__} is not a transformers class, so its per-layer sizes cannot "
                              "be saved for the loader; prune the model as loaded from its Hugging Face folder")
         config.auto_map = _auto_map(model)
     config.reprune = pruning_summary
     model.config = config
-    return is_plain
+    if form is not None:
+        form.config.reprune = pruning_summary
+    return form
 
 
 def save_pruned(model: nn.Module, tokenizer: Any, out_dir: str | Path, record: RunRecord | None = None,
@@ -89,15 +80,17 @@ def save_pruned(model: nn.Module, tokenizer: Any, out_dir: str | Path, record: R
     inputs = [source] if str(source) and source.is_dir() else []
     with reserve_output(out_dir, overwrite, inputs) as reservation:
         summary = {} if record is None else {key: getattr(record.config, key) for key in SUMMARY_FIELDS}
-        is_plain = finalise_config(model, summary)
+        form = finalise_config(model, summary)
+        saved = model if form is None else form.model_to_save(model)
         with reservation.staging() as staging:
-            model.save_pretrained(staging)
+            saved.save_pretrained(staging)
             if tokenizer is not None:
                 tokenizer.save_pretrained(staging)
-            if not is_plain:
+            if form is None:
                 shutil.copyfile(Path(modeling_reprune.__file__), staging / REMOTE_FILE)
             if record is not None:
-                dataclasses.replace(record, plain_transformers=is_plain).write(staging)
+                dataclasses.replace(record, plain_transformers=form is not None,
+                                    saved_architecture=type(saved).__name__).write(staging)
         return reservation.out
 
 
