@@ -49,17 +49,23 @@ def test_llama_shaped_families_save_as_llama_with_their_new_biases(model_type: s
         assert loaded.model.layers[0].self_attn.q_proj.bias.abs().max() == 0
 
 
-def test_a_sliding_window_shorter_than_the_context_is_not_llama(tmp_path) -> None:
-    """Mistral with a 4-token window over 64 positions is not a LLaMA block: no rewrite, so auto fits no
-    intercept and the checkpoint stays a stock Mistral one."""
-    model, record = pruned("mistral", config={"sliding_window": 4})
+INEXACT = [("mistral", {"sliding_window": 4}),  # a 4-token window over 64 positions: not LLaMA's attention
+           ("phi3", {"partial_rotary_factor": 0.75})]  # Phi-4-mini's RoPE leaves part of each head unrotated
+
+
+@pytest.mark.parametrize("model_type, overrides", INEXACT, ids=[model_type for model_type, _ in INEXACT])
+def test_a_family_that_is_not_exactly_llama_is_not_rewritten(model_type: str, overrides: dict, tmp_path) -> None:
+    """No rewrite, so auto fits no intercept and the checkpoint stays a stock one of the model's own family."""
+    model, record = pruned(model_type, config=overrides)
     assert record.intercepts == {"attention": False, "ffn": False}
     assert all(layer.mlp.down_proj.bias is None and layer.self_attn.o_proj.bias is None for layer in model.model.layers)
     expected = model_output(model, IDS)
     out = save_pruned(model, None, tmp_path / "out", record)
-    assert saved_config(out)["model_type"] == "mistral" and not (out / REMOTE_FILE).exists()
+    assert saved_config(out)["model_type"] == model_type and not (out / REMOTE_FILE).exists()
     loaded = transformers.AutoModelForCausalLM.from_pretrained(out)
     torch.testing.assert_close(model_output(loaded, IDS), expected, rtol=0, atol=1e-6)
+    rewrite = REEXPRESSIONS[model_type]
+    assert rewrite.inexact(model.config) is not None and rewrite.inexact(contract_model(model_type).config) is None
 
 
 def test_auto_decides_per_module_kind(tmp_path) -> None:

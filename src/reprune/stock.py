@@ -3,7 +3,8 @@
 
 Reconstruction may give a bias-less level-2 layer (o_proj, down_proj) a bias. Some configs cannot state
 it (Qwen2's and Mistral's have no flag for it); some of those architectures are exactly another one whose
-config can: a Qwen2, Mistral or Ministral block with full attention *is* a LLaMA block, and LlamaConfig's
+config can: a Qwen2, Mistral or Ministral block with full attention *is* a LLaMA block (so is Phi-3's with
+whole-head default RoPE, once its fused projections are split), and LlamaConfig's
 ``attention_bias`` (q, k, v, o) and ``mlp_bias`` (gate, up, down) state the added biases (zero where the
 original had none). :data:`REEXPRESSIONS` is the table of such exact rewrites; :func:`stock_form` finds a
 model's stock description, in its own architecture or in one of those; :func:`resolve_intercepts` decides
@@ -13,7 +14,7 @@ Families checked and left out of the table (no stock config states their added b
 Qwen3, Qwen3-MoE, OLMo, OLMo-2, HunYuan, Gemma 1-3, Cohere (q/k norms, (1 + w) norms, embedding scale,
 clipped q/k/v or a parallel block: not a LLaMA block; their ``attention_bias`` covers o_proj, but no flag
 covers down_proj); Granite (multipliers); Ministral3 (LLaMA-4 query scaling); Helium (interleaved RoPE,
-o_proj of fixed width); Phi-3 (fused projections, partial RoPE); StableLM (LayerNorms, no head size in its
+o_proj of fixed width); StableLM (LayerNorms, no head size in its
 config); StarCoder2 (plain FFN); Mixtral, GPT-OSS (experts' biases are reprune's own).
 """
 
@@ -42,13 +43,16 @@ LLAMA_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_laye
               "rope_parameters", "attention_dropout", "dtype")
 
 
+StateMap = Callable[[dict[str, torch.Tensor], transformers.PretrainedConfig], dict[str, torch.Tensor]]
+
+
 @dataclass(frozen=True)
 class Reexpression:
     """An exact rewrite of architecture ``source`` (a ``model_type``) as ``target_prefix``'s classes.
 
     ``inexact`` says why a given (pruned) config would not be exact (None: it is); ``config`` builds the
-    target config from the source's, with bias flags read off the model's projections; the parameter names
-    and meanings are the same (the rewrite keeps the state dict as it is).
+    target config from the source's, with bias flags read off the model's projections; ``state`` maps the
+    model's state dict to the target's (the same tensors, renamed or sliced; by default unchanged).
     """
 
     source: str
@@ -56,6 +60,7 @@ class Reexpression:
     target_prefix: str
     inexact: Callable[[transformers.PretrainedConfig], str | None]
     config: Callable[[transformers.PretrainedConfig, LlamaAdapter], transformers.PretrainedConfig]
+    state: StateMap = lambda state, config: state  # noqa: E731  (the same names and tensors)
 
     def target_class(self, model: nn.Module) -> type[nn.Module] | None:
         name = type(model).__name__
@@ -81,11 +86,40 @@ def as_llama(config: transformers.PretrainedConfig, adapter: LlamaAdapter) -> tr
                                     mlp_bias=adapter.any_bias("ffn"))
 
 
+def phi3_inexact(config: transformers.PretrainedConfig) -> str | None:
+    """Phi-3 is LLaMA with fused projections when RoPE turns whole heads the default way (Phi-4-mini's partial
+    rotary factor 0.75 leaves a quarter of each head unrotated; long-RoPE tables are left out, unchecked)."""
+    rope = config.rope_parameters or {}
+    if rope.get("partial_rotary_factor", 1.0) != 1.0 or rope.get("rope_type", "default") != "default":
+        return f"RoPE {rope} is not LLaMA's default over whole heads"
+    return full_attention_in_context(config)
+
+
+def split_phi3(state: dict[str, torch.Tensor], config: transformers.PretrainedConfig) -> dict[str, torch.Tensor]:
+    """Phi-3's fused ``qkv_proj`` rows [q|k|v] and ``gate_up_proj`` rows [gate|up] as LLaMA's separate projections."""
+    q_rows = config.num_attention_heads * config.head_dim
+    kv_rows = config.num_key_value_heads * config.head_dim
+    split: dict[str, torch.Tensor] = {}
+    for key, tensor in state.items():
+        module, _, parameter = key.rpartition(".")
+        parent, _, name = module.rpartition(".")
+        if name == "qkv_proj":
+            parts = zip(("q_proj", "k_proj", "v_proj"), tensor.split([q_rows, kv_rows, kv_rows]))
+        elif name == "gate_up_proj":
+            parts = zip(("gate_proj", "up_proj"), tensor.chunk(2))
+        else:
+            split[key] = tensor
+            continue
+        split |= {f"{parent}.{part_name}.{parameter}": part for part_name, part in parts}
+    return split
+
+
 REEXPRESSIONS: dict[str, Reexpression] = {
     entry.source: entry for entry in (
         Reexpression("qwen2", "Qwen2", "Llama", full_attention_in_context, as_llama),
         Reexpression("mistral", "Mistral", "Llama", full_attention_in_context, as_llama),
         Reexpression("ministral", "Ministral", "Llama", full_attention_in_context, as_llama),
+        Reexpression("phi3", "Phi3", "Llama", phi3_inexact, as_llama, split_phi3),
     )
 }
 
@@ -98,20 +132,24 @@ class StockForm:
 
     config: transformers.PretrainedConfig
     model_class: type[nn.Module]
-    reexpressed: bool  # model_class is another architecture than the model's own
+    reexpression: Reexpression | None = None  # None: the model's own architecture
     zero_biases: tuple[str, ...] = ()
+
+    @property
+    def reexpressed(self) -> bool:
+        return self.reexpression is not None
 
     def model_to_save(self, model: nn.Module) -> nn.Module:
         """``model`` itself, or a ``model_class`` instance sharing its tensors (built without allocating)."""
-        if not self.reexpressed:
+        if self.reexpression is None:
             return model
         with torch.device("meta"):
             target = self.model_class._from_config(self.config)
-        state = model.state_dict()
-        shapes = parameter_shapes(target)
+        state = self.reexpression.state(model.state_dict(), self.config)
+        target_shapes = shapes(target.state_dict())
         for key in self.zero_biases:
             weight = state[key.removesuffix("bias") + "weight"]
-            state[key] = torch.zeros(shapes[key], dtype=weight.dtype, device=weight.device)
+            state[key] = torch.zeros(target_shapes[key], dtype=weight.dtype, device=weight.device)
         target.load_state_dict(state, strict=True, assign=True)
         target.tie_weights()
         if getattr(model, "generation_config", None) is not None:
@@ -128,7 +166,7 @@ def stock_form(model: nn.Module) -> StockForm | None:
         return None
     own = validated(adapter.bias_config_updates(), sized)
     if own is not None and not manifest_against(model, own, adapter):
-        return StockForm(own, type(model), reexpressed=False)
+        return StockForm(own, type(model))
     return reexpressed_form(model, adapter, sized)
 
 
@@ -167,13 +205,13 @@ def reexpressed_form(model: nn.Module, adapter: ModelAdapter, sized: transformer
     if config is None:
         return None
     with torch.device("meta"):
-        reference = parameter_shapes(target_class._from_config(config))
-    own = parameter_shapes(model)
+        reference = shapes(target_class._from_config(config).state_dict())
+    own = shapes(entry.state(model.state_dict(), config))
     zero_biases = tuple(sorted(reference.keys() - own.keys()))
     if any(own[key] != reference.get(key) for key in own) or not all(
             key.endswith(".bias") and key.removesuffix("bias") + "weight" in own for key in zero_biases):
         return None
-    return StockForm(config, target_class, reexpressed=True, zero_biases=zero_biases)
+    return StockForm(config, target_class, entry, zero_biases)
 
 
 def bare_config(config: transformers.PretrainedConfig) -> transformers.PretrainedConfig:
@@ -185,8 +223,8 @@ def bare_config(config: transformers.PretrainedConfig) -> transformers.Pretraine
     return bare
 
 
-def parameter_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
-    return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+def shapes(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(tensor.shape) for name, tensor in state.items()}
 
 
 def resolve_intercepts(plan: Plan, model: nn.Module) -> Plan:
