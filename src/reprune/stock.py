@@ -13,9 +13,11 @@ model's stock description, in its own architecture or in one of those; :func:`re
 Families checked and left out of the table (no stock config states their added biases exactly):
 Qwen3, Qwen3-MoE, OLMo, OLMo-2, HunYuan, Gemma 1-3, Cohere (q/k norms, (1 + w) norms, embedding scale,
 clipped q/k/v or a parallel block: not a LLaMA block; their ``attention_bias`` covers o_proj, but no flag
-covers down_proj); Granite (multipliers); Ministral3 (LLaMA-4 query scaling); Helium (interleaved RoPE,
-o_proj of fixed width); StableLM (LayerNorms, no head size in its
-config); StarCoder2 (plain FFN); Mixtral, GPT-OSS (experts' biases are reprune's own).
+covers down_proj); Granite (multipliers, though its config states both biases itself); Ministral3 (LLaMA-4
+query scaling); Helium (interleaved RoPE is a q/k row permutation away from LLaMA's, but its RMSNorm rounds
+in another order in half precision, and its o_proj width is fixed: head pruning needs the manifest);
+StableLM (LayerNorms, no head size in its config); StarCoder2 (plain FFN; ``use_bias`` states all biases);
+Mixtral, GPT-OSS (the experts' biases are reprune's own).
 """
 
 from __future__ import annotations
