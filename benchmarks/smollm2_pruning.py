@@ -34,6 +34,7 @@ from reprune.data import calibration_ids
 from reprune.evaluation import perplexity, read_text_file
 from reprune.models import resolve_model_dir, shared_data_dir
 from reprune import PruneConfig, global_scores, prune
+from reprune.config import INTERCEPTS
 from reprune.adapters import get_adapter
 
 RESULTS = Path(__file__).parent / "results"
@@ -51,6 +52,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--reconstructions", default="none,bias", type=_split)
     p.add_argument("--allocations", default="uniform", type=_split)
     p.add_argument("--recoveries", default="none", type=_split, help="none and/or goa")
+    p.add_argument("--intercepts", default="auto", type=_split,
+                   help="auto, on and/or off: may reconstruction add level-2 biases (PruneConfig.intercept)")
     p.add_argument("--presets", default="", type=_split,
                    help="also run these presets at each ratio: PRESET or PRESET:RECONSTRUCTION (e.g. goa:liar)")
     p.add_argument("--targets", default="both", choices=["both", "attention", "ffn"])
@@ -66,7 +69,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--tag", help="results file name (default: the model's name)")
     p.add_argument("--logged-only", action="store_true",
                    help="run nothing: table and plot of the grid's cells already in the results file")
-    return p.parse_args()
+    args = p.parse_args()
+    unknown = [name for name in args.intercepts if name not in INTERCEPTS]
+    if unknown:
+        p.error(f"--intercepts: unknown {', '.join(unknown)}; choose from {', '.join(INTERCEPTS)}")
+    return args
 
 
 def evaluate(model: torch.nn.Module, tokenizer: Any, text: str, args: argparse.Namespace) -> dict[str, float]:
@@ -147,14 +154,17 @@ def main() -> None:
         suffix = "-whole" if args.whole_blocks else ""
         return log.run(f"{label}-r{config.ratio}-{cal_tag}-{args.targets}-{args.eval_tokens}{suffix}", job)
 
-    grid = itertools.product(args.ratios, args.allocations, args.criteria, args.reconstructions, args.recoveries)
-    for ratio, allocation, criterion, reconstruction, recovery in grid:
-        label = f"{allocation}/{criterion}/{reconstruction}" + ("/goa-recovery" if recovery == "goa" else "")
+    grid = itertools.product(args.ratios, args.allocations, args.criteria, args.reconstructions, args.recoveries,
+                             args.intercepts)
+    for ratio, allocation, criterion, reconstruction, recovery, intercept in grid:
+        label = (f"{allocation}/{criterion}/{reconstruction}" + ("/goa-recovery" if recovery == "goa" else "")
+                 + ("" if intercept == "auto" else f"/intercept-{intercept}"))
         attention_criterion, _, ffn_criterion = criterion.partition("+")
         config = PruneConfig(ratio=ratio, criterion=attention_criterion, attention_criterion=attention_criterion,
                              ffn_criterion=ffn_criterion or attention_criterion, reconstruction=reconstruction,
                              recovery=recovery, allocation=allocation, targets=args.targets,
-                             num_samples=args.calib_samples, seq_len=args.calib_len, device=args.device)
+                             intercept=INTERCEPTS[intercept], num_samples=args.calib_samples,
+                             seq_len=args.calib_len, device=args.device)
         if not args.logged_only:
             print(f"running {label} at {ratio:.0%} …", flush=True)
         rows.append(run_config(label, config))

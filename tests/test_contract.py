@@ -8,18 +8,22 @@ this file: the parameters are read from the registries.
   level-2 input columns zeroed;
 - the residual shortcuts propagate exactly what running whole blocks gives;
 - save -> load gives the same logits;
+- by default a uniform pruning that plain transformers can describe stays so after any reconstruction;
 - no reconstruction increases the calibration-row output error over plain pruning.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 import torch
+import transformers
 
 from reprune import PruneConfig, load, prune, save_pruned
-from reprune.adapters import get_adapter, supported_model_types
+from reprune.adapters import adapter_class, get_adapter, supported_model_types
+from reprune.record import REMOTE_FILE, RunRecord
 from reprune.criteria import CRITERIA
 from reprune.reconstruction import RECONSTRUCTIONS
 from reprune.recovery import RECOVERIES
@@ -94,7 +98,10 @@ def test_shortcut_propagation_equals_running_whole_blocks(model_type: str, metho
     assert [layer.kept_units for layer in fast_record.layers] == [layer.kept_units for layer in slow_record.layers]
     for a, b in zip(fast_record.layers, slow_record.layers):
         assert a.error == pytest.approx(b.error, rel=1e-4, abs=1e-7)
-    torch.testing.assert_close(model_output(fast, IDS), model_output(slow, IDS), rtol=1e-4, atol=1e-5)
+    # a recovery re-fits whole projections with a 1e-4 ridge, which magnifies the float32 rounding by which
+    # the two paths' block inputs differ (OLMo-2 with GOA: 1.6e-5 on logits of size 0.5)
+    atol = 5e-5 if method.get("recovery") else 1e-5
+    torch.testing.assert_close(model_output(fast, IDS), model_output(slow, IDS), rtol=1e-4, atol=atol)
 
 
 @pytest.mark.parametrize("allocation", ["uniform", "global"])
@@ -162,3 +169,25 @@ def test_calibration_path_equals_the_models_own_block_outputs(model_type: str) -
         path.leave()
         for ours, theirs in zip(path.acts.hidden, seen[index], strict=True):
             torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+CAUSAL_TYPES = [model_type for model_type in MODEL_TYPES if adapter_class(model_type).causal]
+
+
+@pytest.mark.parametrize("reconstruction", RECONSTRUCTIONS.names())
+@pytest.mark.parametrize("model_type", CAUSAL_TYPES)
+def test_default_uniform_prune_saves_a_stock_checkpoint(model_type: str, reconstruction: str, tmp_path) -> None:
+    """Stock by default: where a uniform plain pruning saves for plain transformers, a reconstruction with the
+    default ``intercept="auto"`` does too (no auto_map, no manifest, no code in the folder), and plain
+    ``AutoModelForCausalLM.from_pretrained`` gives the in-memory model's logits."""
+    baseline, baseline_record = run(model_type, reconstruction="none")
+    if not RunRecord.read(save_pruned(baseline, None, tmp_path / "none", baseline_record)).plain_transformers:
+        pytest.skip(f"{model_type}: even plain pruning needs remote code (its config cannot state the head sizes)")
+    model, record = run(model_type, reconstruction=reconstruction)
+    expected = model_output(model, IDS)
+    out = save_pruned(model, None, tmp_path / "pruned", record)
+    config = json.loads((out / "config.json").read_text())
+    assert "auto_map" not in config and "reprune_manifest" not in config and not (out / REMOTE_FILE).exists()
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    torch.testing.assert_close(model_output(loaded, IDS), expected, rtol=0, atol=1e-5)
+    assert RunRecord.read(out).saved_architecture == type(loaded).__name__

@@ -143,6 +143,52 @@ def test_liar_with_q_zero_is_bias_compensation(monkeypatch):
     torch.testing.assert_close(bias_w, w[inp.kept], rtol=0, atol=0)
 
 
+def test_liar_without_intercept_is_the_uncentred_ridge_fit():
+    """intercept=False: Q = (E[x_u x_uᵀ] + λI)⁻¹ E[x_u x_mᵀ] with λ = α · mean diag E[x_u x_uᵀ], computed here
+    from the rows; W_u' = W_u + Q W_m and no bias (the layer has none)."""
+    module = make_layer(10, 6, bias=False)
+    x = correlated_inputs(80, 10, REMOVED, noise=0.3, seed=5)
+    inp = dataclasses.replace(make_input(module, x, REMOVED, alpha=1e-2), intercept=False)
+    x_u, x_m = x[:, inp.kept], x[:, inp.removed]
+    gram = x_u.T @ x_u / len(x)
+    lam = 1e-2 * gram.diagonal().mean()
+    q = torch.linalg.solve(gram + lam * torch.eye(len(inp.kept), dtype=torch.float64), x_u.T @ x_m / len(x))
+    weight, bias = RECONSTRUCTIONS.get("liar").fn(inp)
+    assert bias is None
+    torch.testing.assert_close(weight, inp.weight[inp.kept] + q @ inp.weight[inp.removed], rtol=1e-10, atol=1e-12)
+    # the constant term matters here (removed channels = kept · A + c): the intercept fits better
+    with_intercept = RECONSTRUCTIONS.get("liar").fn(dataclasses.replace(inp, intercept=True))
+    assert moment_error(inp, with_intercept) < moment_error(inp, (weight, bias)) < moment_error(
+        inp, RECONSTRUCTIONS.get("none").fn(inp))
+
+
+def test_liar_without_intercept_recovers_exact_linear_dependence_without_constant():
+    module = make_layer(10, 6, bias=False)
+    x = correlated_inputs(200, 10, REMOVED, noise=0.0, seed=6)
+    kept = [j for j in range(10) if j not in REMOVED]
+    x[:, REMOVED] = x[:, kept] @ torch.randn(len(kept), len(REMOVED), dtype=torch.float64)  # no constant term
+    inp = dataclasses.replace(make_input(module, x, REMOVED, alpha=1e-10), intercept=False)
+    weight, bias = RECONSTRUCTIONS.get("liar").fn(inp)
+    energy = output_energy(inp.stats.level2_in, inp.weight, inp.bias)
+    assert bias is None and moment_error(inp, (weight, bias)) / energy < 1e-12
+
+
+@pytest.mark.parametrize("reconstruction", RECONSTRUCTIONS.names())
+def test_reconstruction_without_intercept_adds_no_bias_tensor(reconstruction, ids):
+    """intercept=False: every reconstruction leaves the same tensors as plain pruning (a LLaMA has no
+    biases), and bias compensation, which has nothing but the bias, is plain pruning."""
+    config = PruneConfig(ratio=0.3, reconstruction=reconstruction, intercept=False)
+    model, record = prune(tiny_model("llama"), ids, config, progress=False)
+    plain, _ = prune(tiny_model("llama"), ids, dataclasses.replace(config, reconstruction="none"), progress=False)
+    assert record.intercepts == {"attention": False, "ffn": False}
+    assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in plain.state_dict().items()}
+    assert not any(name.endswith(".bias") for name in model.state_dict())
+    if reconstruction in ("none", "bias"):
+        torch.testing.assert_close(model_output(model, ids), model_output(plain, ids), rtol=0, atol=0)
+    else:
+        assert not torch.allclose(model_output(model, ids), model_output(plain, ids))
+
+
 def test_liar_equals_bias_when_removed_channels_are_uncorrelated():
     """Σ_um = 0 (orthogonal centred columns): the fitted Q vanishes and LIAR is bias compensation."""
     g = torch.Generator().manual_seed(4)

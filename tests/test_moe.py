@@ -83,8 +83,8 @@ def test_the_record_error_is_each_experts_share_of_the_output_error() -> None:
     """FFN-only pruning of block 0 (its input is the dense model's): each expert's recorded error equals its
     measured contribution error, with LIAR's bias added per routed token."""
     dense = contract_model("mixtral")
-    model, record = prune(contract_model("mixtral"), IDS, PruneConfig(ratio=0.3, targets="ffn", reconstruction="liar"),
-                          progress=False)
+    model, record = prune(contract_model("mixtral"), IDS, PruneConfig(ratio=0.3, targets="ffn", reconstruction="liar",
+                                                                      intercept=True), progress=False)
     rows, index, gates = routed_by_hand(dense, 0)
     pruned_experts = model.model.layers[0].mlp.experts
     for layer in (layer for layer in record.layers if layer.block == 0):
@@ -135,7 +135,8 @@ def test_uniform_expert_widths_save_as_plain_transformers(model_type: str, tmp_p
 
 def test_expert_biases_and_per_layer_widths_go_through_the_manifest(tmp_path) -> None:
     model, record = prune(contract_model("mixtral"), IDS, PruneConfig(ratio=0.3, allocation="global",
-                                                                      reconstruction="liar"), progress=False)
+                                                                      reconstruction="liar", intercept=True),
+                          progress=False)
     expected = model_output(model, IDS)
     out = save_pruned(model, None, tmp_path / "pruned", record)
     manifest = transformers.AutoConfig.from_pretrained(out).reprune_manifest

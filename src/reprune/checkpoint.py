@@ -1,6 +1,7 @@
 """Checkpoint I/O: a ``save_pretrained`` folder (safetensors, tokenizer, config, run record).
 
-A uniformly pruned model whose sizes the config can state loads with plain transformers. Otherwise
+A uniformly pruned model whose sizes and biases a stock config can state (its own architecture's, or one it
+is exactly, see :mod:`reprune.stock`) loads with plain transformers. Otherwise
 the config carries a ``reprune_manifest`` of the changed projection shapes, and a small modelling file
 in the folder makes it load with ``trust_remote_code=True`` (or with :func:`load`) without reprune.
 Output goes through :mod:`reprune.outputs` (locked, staged beside the target, swapped in when complete).
@@ -8,7 +9,6 @@ Output goes through :mod:`reprune.outputs` (locked, staged beside the target, sw
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import pickle
 import shutil
@@ -19,14 +19,15 @@ import torch
 import transformers
 from torch import nn
 from transformers.models.auto import modeling_auto
-from transformers.pytorch_utils import Conv1D
 
-from reprune.adapters import ModelAdapter, get_adapter
+from reprune.adapters import get_adapter
+from reprune.manifest import manifest_against
 from reprune.model_card import write_card
 from reprune.outputs import OutputExistsError, check_output_dir, reserve_output  # noqa: F401  (re-exported)
 from reprune.preflight import PreflightError, check_device, read_model_config
 from reprune.record import REMOTE_FILE, RunRecord
 from reprune.remote_code import modeling_reprune
+from reprune.stock import StockForm, bare_config, stock_form
 
 # auto classes a checkpoint's ``auto_map`` may name, with transformers' table of their model classes
 AUTO_MAPPINGS = (
@@ -38,55 +39,6 @@ AUTO_MAPPINGS = (
 # the config fields a checkpoint's ``config.reprune`` summary repeats from the record
 SUMMARY_FIELDS = ("ratio", "criterion", "attention_criterion", "ffn_criterion", "reconstruction", "recovery",
                   "allocation", "targets", "gqa_mode")
-
-
-def _shape_spec(module: nn.Module) -> dict[str, Any]:
-    if isinstance(module, Conv1D):
-        return {"type": "Conv1D", "in": module.weight.shape[0], "out": module.weight.shape[1], "bias": True}
-    return {"type": "Linear", "in": module.in_features, "out": module.out_features, "bias": module.bias is not None}
-
-
-def _reference_model(model: nn.Module, config: transformers.PretrainedConfig) -> nn.Module:
-    """The architecture as ``config`` alone would build it, on the meta device (no memory)."""
-    with torch.device("meta"):
-        return type(model)(config)
-
-
-def manifest_against(model: nn.Module, config: transformers.PretrainedConfig, adapter: ModelAdapter) -> dict[str, Any]:
-    """What differs from the model ``config`` builds: projection shapes and biases, other parameters'
-    shapes (per-head norms, a mixture's 3-D expert parameters), biases reprune gave a mixture's experts,
-    module list lengths (per-head norm lists), argument selections (heads of a shared position bias), output
-    widths (kept heads of a norm over all heads); plus the attention attributes. Empty when nothing differs."""
-    reference = _reference_model(model, config)
-    modules, parameters, expert_biases, module_lists, selections, output_widths = {}, {}, {}, {}, {}, {}
-    for name, module in model.named_modules():
-        if isinstance(module, (nn.Linear, Conv1D)):
-            spec = _shape_spec(module)
-            if spec != _shape_spec(reference.get_submodule(name)):
-                modules[name] = spec
-            continue
-        for param_name, param in module.named_parameters(recurse=False):
-            if param_name == modeling_reprune.EXPERT_BIAS:
-                expert_biases[name] = list(param.shape)
-            elif param.shape != getattr(reference.get_submodule(name), param_name).shape:
-                parameters[f"{name}.{param_name}" if name else param_name] = list(param.shape)
-        if isinstance(module, nn.ModuleList) and len(module) != len(reference.get_submodule(name)):
-            module_lists[name] = len(module)
-        if hasattr(module, modeling_reprune.SELECTION):
-            selections[name] = getattr(module, modeling_reprune.SELECTION)
-        if hasattr(module, modeling_reprune.OUTPUT_WIDTH):
-            output_widths[name] = getattr(module, modeling_reprune.OUTPUT_WIDTH)
-    if not (modules or parameters or expert_biases or module_lists or selections or output_widths):
-        return {}
-    paths = {id(m): name for name, m in model.named_modules()}
-    attributes = {}
-    for index, shape in enumerate(adapter.layer_shapes()):
-        attention = adapter.depth2_modules(index)[0]
-        attributes[paths[id(attention.parent)]] = adapter.attention_attributes(
-            shape.num_heads, shape.num_kv_heads, shape.head_dim)
-    return {"version": 1, "modules": modules, "parameters": parameters, "expert_biases": expert_biases,
-            "module_lists": module_lists, "selections": selections, "output_widths": output_widths,
-            "attributes": attributes}
 
 
 def _auto_map(model: nn.Module) -> dict[str, str]:
@@ -101,34 +53,24 @@ def _auto_map(model: nn.Module) -> dict[str, str]:
     return mapping
 
 
-def finalise_config(model: nn.Module, pruning_summary: dict[str, Any]) -> bool:
-    """Make ``model.config`` describe the pruned model; returns True if plain transformers can load it."""
-    adapter = get_adapter(model)
-    original = copy.deepcopy(model.config)
-    for key in ("reprune_manifest", "auto_map"):
-        if hasattr(original, key):
-            delattr(original, key)
-    plain = copy.deepcopy(original)
-    updates = adapter.plain_config_updates(adapter.layer_shapes())
-    if updates is not None:
-        for key, value in {**updates, **adapter.bias_config_updates()}.items():
-            setattr(plain, key, value)
-        try:
-            plain.validate()  # e.g. LlamaConfig insists that hidden_size is a multiple of the head count
-        except Exception:  # noqa: BLE001  (any validation failure means: not expressible)
-            updates = None
-    if updates is not None and not manifest_against(model, plain, adapter):
-        config, is_plain = plain, True
+def finalise_config(model: nn.Module, pruning_summary: dict[str, Any]) -> StockForm | None:
+    """Make ``model.config`` describe the pruned model in its own architecture (with a manifest where its
+    config cannot state every size and bias); returns the stock form that saving writes instead, if any."""
+    form = stock_form(model)
+    if form is not None and not form.reexpressed:
+        config = form.config
     else:
-        config, is_plain = original, False
-        config.reprune_manifest = manifest_against(model, original, adapter)
-        if not hasattr(transformers, type(model).__name__):
+        config = bare_config(model.config)
+        config.reprune_manifest = manifest_against(model, config, get_adapter(model))
+        if form is None and not hasattr(transformers, type(model).__name__):
             raise ValueError(f"{type(model).__name__} is not a transformers class, so its per-layer sizes cannot "
                              "be saved for the loader; prune the model as loaded from its Hugging Face folder")
         config.auto_map = _auto_map(model)
     config.reprune = pruning_summary
     model.config = config
-    return is_plain
+    if form is not None:
+        form.config.reprune = pruning_summary
+    return form
 
 
 def save_pruned(model: nn.Module, tokenizer: Any, out_dir: str | Path, record: RunRecord | None = None,
@@ -139,17 +81,19 @@ def save_pruned(model: nn.Module, tokenizer: Any, out_dir: str | Path, record: R
     inputs = [Path(source)] if source and Path(source).is_dir() else []
     with reserve_output(out_dir, overwrite, inputs) as reservation:
         summary = {} if record is None else {key: getattr(record.config, key) for key in SUMMARY_FIELDS}
-        is_plain = finalise_config(model, summary)
+        form = finalise_config(model, summary)
+        saved = model if form is None else form.model_to_save(model)
         with reservation.staging() as staging:
-            model.save_pretrained(staging)
+            saved.save_pretrained(staging)
             if tokenizer is not None:
                 tokenizer.save_pretrained(staging)
-            if not is_plain:
+            if form is None:
                 shutil.copyfile(Path(modeling_reprune.__file__), staging / REMOTE_FILE)
             if record is not None:
-                saved = dataclasses.replace(record, plain_transformers=is_plain)
-                saved.write(staging)
-                write_card(staging, saved, name=reservation.out.name)
+                final = dataclasses.replace(record, plain_transformers=form is not None,
+                                            saved_architecture=type(saved).__name__)
+                final.write(staging)
+                write_card(staging, final, name=reservation.out.name)
         return reservation.out
 
 

@@ -7,7 +7,7 @@ import sys
 import time
 
 from reprune.adapters import UnsupportedArchitectureError
-from reprune.config import PruneConfig
+from reprune.config import INTERCEPTS, PruneConfig
 from reprune.criteria import CRITERIA
 from reprune.data import CorpusError
 from reprune.reconstruction import RECONSTRUCTIONS
@@ -32,6 +32,9 @@ def _add_prune_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-first", type=int, help="leave the first k blocks dense")
     parser.add_argument("--keep-last", type=int, help="leave the last k blocks dense")
     parser.add_argument("--alpha", type=float, help="relative ridge of LIAR / dense-target (default 1e-2)")
+    parser.add_argument("--intercept", choices=list(INTERCEPTS),
+                        help="may reconstruction add biases to o/down projections (default auto: only where the "
+                        "saved checkpoint still loads without remote code)")
     parser.add_argument("--recovery-alpha", type=float,
                         help="relative ridge of GOA's recovery (default 1e-4, the paper's; raise it for small calibration sets)")
     parser.add_argument("--tau", type=float, help="head-similarity threshold (JS divergence)")
@@ -54,6 +57,7 @@ def build_config(args: argparse.Namespace) -> PruneConfig:
         "allocation": args.allocation, "targets": args.targets, "gqa_mode": args.gqa_mode,
         "multiple_of": args.multiple_of,
         "keep_first": args.keep_first, "keep_last": args.keep_last, "alpha": args.alpha,
+        "intercept": INTERCEPTS.get(args.intercept),
         "recovery_alpha": args.recovery_alpha,
         "num_samples": args.num_samples, "seq_len": args.seq_len, "batch_size": args.batch_size,
         "seed": args.seed, "device": args.device,

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from reprune.adapters import ModuleKind
+from reprune.adapters import Depth2Module, ModuleKind
 from reprune.allocation import AllocationMode, GqaMode, check_ratio
 from reprune.criteria import CRITERIA, Criterion
 from reprune.reconstruction import RECONSTRUCTIONS, Reconstruction
@@ -16,6 +16,8 @@ from reprune.recovery import RECOVERIES, Recovery
 from reprune.stats import TWO_PATH_STATISTICS
 
 Targets = Literal["both", "attention", "ffn"]
+Intercept = bool | Literal["auto"]
+INTERCEPTS: dict[str, Intercept] = {"auto": "auto", "on": True, "off": False}  # option names -> PruneConfig.intercept
 TARGET_KINDS: dict[str, tuple[ModuleKind, ...]] = {"both": ("attention", "ffn"), "attention": ("attention",),
                                                    "ffn": ("ffn",)}
 
@@ -37,6 +39,9 @@ class PruneConfig:
     keep_first: int = 0
     keep_last: int = 0
     alpha: float = 1e-2  # relative ridge of LIAR / dense-target
+    # may a reconstruction give a bias-less level-2 layer a bias (its intercept)? "auto": only where the saved
+    # architecture states that bias without remote code (see reprune.stock); a layer with a bias always fits it
+    intercept: Intercept = "auto"
     recovery_alpha: float = 1e-4  # relative ridge of GOA's greedy recovery
     num_samples: int = 128
     seq_len: int = 128
@@ -67,6 +72,8 @@ class PruneConfig:
         if config.keep_first < 0 or config.keep_last < 0 or config.keep_first + config.keep_last >= num_blocks:
             raise ValueError(f"keep_first={config.keep_first} and keep_last={config.keep_last} leave no block to "
                              f"prune out of {num_blocks}")
+        if config.intercept not in (True, False, "auto"):
+            raise ValueError(f"intercept must be True, False or 'auto', not {config.intercept!r}")
         if config.targets not in TARGET_KINDS:
             raise ValueError(f"targets must be 'both', 'attention' or 'ffn', not {config.targets!r}")
         kinds = TARGET_KINDS[config.targets]
@@ -79,8 +86,9 @@ class PruneConfig:
                     f"{'/'.join(sorted(criteria[kind].kinds))}); set {option} to another criterion "
                     "(e.g. 'second-moment') or change targets"
                 )
+        intercepts = {} if config.intercept == "auto" else {kind: bool(config.intercept) for kind in kinds}
         return Plan(config, num_blocks, kinds, {kind: criteria[kind] for kind in kinds},
-                    RECONSTRUCTIONS.get(config.reconstruction), RECOVERIES.get(config.recovery))
+                    RECONSTRUCTIONS.get(config.reconstruction), RECOVERIES.get(config.recovery), intercepts)
 
 
 @dataclass(frozen=True)
@@ -93,6 +101,18 @@ class Plan:
     criteria: dict[ModuleKind, Criterion]  # per pruned kind
     reconstruction: Reconstruction
     recovery: Recovery
+    # per pruned kind: may reconstruction add a level-2 bias; empty until "auto" is resolved against the model
+    intercepts: dict[ModuleKind, bool] = field(default_factory=dict)
+
+    def fits_intercept(self, module: Depth2Module) -> bool:
+        """Whether reconstruction fits a constant term for ``module``'s level 2: always where it has a bias,
+        else as :attr:`intercepts` says."""
+        if module.level2.bias() is not None:
+            return True
+        if module.kind not in self.intercepts:
+            raise RuntimeError(f"{module.name}: intercept={self.config.intercept!r} was not resolved against the "
+                               "model; resolve it with reprune.stock.resolve_intercepts(plan, model)")
+        return self.intercepts[module.kind]
 
     @property
     def eligible(self) -> set[tuple[int, ModuleKind]]:

@@ -30,6 +30,7 @@ from reprune.record import CalibrationInfo, LayerRecord, ParameterCounts, RunRec
 from reprune.recovery import RecoveryInput
 from reprune.scoring import Scores, check_scores, score_dense_model
 from reprune.stats import ModuleStats
+from reprune.stock import resolve_intercepts
 from reprune.surgery import shrink_experts, shrink_module
 
 
@@ -45,7 +46,7 @@ def prune(model: nn.Module, calibration: Calibration = "wiki-embedded", config: 
     dense model, reused instead of a scoring pass.
     """
     adapter = get_adapter(model)
-    plan = (config or PruneConfig()).resolve(len(adapter.blocks()))
+    plan = resolve_intercepts((config or PruneConfig()).resolve(len(adapter.blocks())), model)
     config = plan.config
     check_config(config)
     if scores is not None:
@@ -85,6 +86,7 @@ def prune(model: nn.Module, calibration: Calibration = "wiki-embedded", config: 
                         sum(r.seconds_solve for r in layers)),
         versions={"torch": torch.__version__, "transformers": transformers.__version__,
                   "python": platform.python_version()},
+        intercepts=dict(plan.intercepts),
     )
     return model, record
 
@@ -179,7 +181,8 @@ def select_and_reconstruct(plan: Plan, module: Depth2Module, stats: ModuleStats,
     removed[kept] = False
 
     tick = time.perf_counter()
-    inp = ReconstructionInput(module, kept, torch.nonzero(removed).reshape(-1), stats, plan.config.alpha, dense_module)
+    inp = ReconstructionInput(module, kept, torch.nonzero(removed).reshape(-1), stats, plan.config.alpha, dense_module,
+                              plan.fits_intercept(module))
     new_weight, new_bias = plan.reconstruction.fn(inp)
     if not torch.isfinite(new_weight).all() or (new_bias is not None and not torch.isfinite(new_bias).all()):
         raise FloatingPointError(f"{module.name}: reconstruction produced NaN/Inf weights")

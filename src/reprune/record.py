@@ -7,7 +7,7 @@ The file names of a run folder are defined here too, so no other module spells t
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +88,8 @@ class RunRecord:
     input_model: str | None = None
     base_model: str | None = None  # the input's Hugging Face Hub id, where known (the bundled models)
     plain_transformers: bool | None = None  # set when saved: loads with plain from_pretrained
+    saved_architecture: str | None = None  # set when saved: the class config.json names (a stock rewrite's)
+    intercepts: dict[str, bool] = field(default_factory=dict)  # per pruned kind: may reconstruction add a bias
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -116,6 +118,8 @@ class RunRecord:
             input_model=data.get("input_model"),
             base_model=data.get("base_model"),
             plain_transformers=data.get("plain_transformers"),
+            saved_architecture=data.get("saved_architecture"),
+            intercepts=dict(data.get("intercepts", {})),
         )
 
     @classmethod

@@ -485,7 +485,8 @@ def settings_table(runs: list[Run]) -> Table:
     def flat(run: Run) -> dict[str, Any]:
         record = run.record
         values = asdict(record.config)
-        values |= {k: getattr(record, k) for k in ("model_type", "architecture", "input_model", "plain_transformers")}
+        values |= {k: getattr(record, k) for k in ("model_type", "architecture", "input_model", "plain_transformers",
+                                                   "saved_architecture", "intercepts")}
         values |= {f"calibration.{k}": v for k, v in asdict(record.calibration).items()}
         values |= {f"versions.{k}": v for k, v in record.versions.items()}
         return values

@@ -71,7 +71,8 @@ class LlamaAdapter(ModelAdapter):
 
     def bias_config_updates(self) -> dict[str, Any]:
         """A flag is True when any projection it covers has a bias (families whose flag skips one, e.g.
-        qwen2's o_proj or helium's, then differ from the reference model and save with the manifest)."""
+        helium's o_proj, then differ from the reference model: :mod:`reprune.stock` rewrites Qwen2 and Mistral
+        as LLaMA, the others save with the manifest)."""
         return {"attention_bias": self.any_bias("attention"), "mlp_bias": self.any_bias("ffn")}
 
     def any_bias(self, kind: str | None = None) -> bool:

@@ -1,5 +1,7 @@
 """Reconstruction registry: given the kept/removed inner channels of a level-2 layer and calibration
-statistics, return the layer's new weight and bias in closed form (no gradients).
+statistics, return the layer's new weight and bias in closed form (no gradients). Where
+``ReconstructionInput.intercept`` is False the layer has no bias and must keep none: a reconstruction then
+returns ``None`` for the bias and fits without a constant term.
 
 A reconstruction is one small function registered with the statistics it needs (names from
 :data:`reprune.stats.STATISTICS`), so a new one is one new file in this folder: every module here is
@@ -28,6 +30,8 @@ class ReconstructionInput:
     stats: ModuleStats
     alpha: float
     dense_module: Depth2Module | None = None  # the same module on the dense path (two-path methods)
+    # fit a constant term (a bias); False only for a bias-less layer that must stay bias-less (reprune.stock)
+    intercept: bool = True
 
     @property
     def dense_target(self) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -17,28 +17,35 @@ def no_reconstruction(inp: ReconstructionInput) -> Result:
 
 @register("bias", needs={"level2_in"}, description="FLAP's compensation: b' = b + W_mᵀ μ_m")
 def bias_compensation(inp: ReconstructionInput) -> Result:
+    """Without an intercept there is nothing to compensate with: plain pruning."""
+    if not inp.intercept:
+        return no_reconstruction(inp)
     mu = inp.stats.level2_in.mean
     w = inp.weight
     return w[inp.kept], inp.bias + w[inp.removed].T @ mu[inp.removed]
 
 
-def liar_interpolation(inp: ReconstructionInput) -> tuple[torch.Tensor, torch.Tensor]:
-    """LIAR's Q and c: X_m ≈ X_u Q + 1 cᵀ by ridge least squares on centred statistics."""
+def liar_interpolation(inp: ReconstructionInput) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """LIAR's Q and c: X_m ≈ X_u Q + 1 cᵀ by ridge least squares on centred statistics; without an intercept
+    X_m ≈ X_u Q on the uncentred second moments E[x xᵀ], and no c."""
     moments = inp.stats.level2_in
-    sigma, mu = moments.covariance, moments.mean
-    u, m = inp.kept.to(sigma.device), inp.removed.to(sigma.device)
-    q = solve_ridge(sigma[u][:, u], sigma[u][:, m], inp.alpha, where=inp.module.name)
-    c = mu[m] - q.T @ mu[u]
-    return q, c
+    gram = moments.covariance if inp.intercept else moments.second_moment
+    u, m = inp.kept.to(gram.device), inp.removed.to(gram.device)
+    q = solve_ridge(gram[u][:, u], gram[u][:, m], inp.alpha, where=inp.module.name)
+    if not inp.intercept:
+        return q, None
+    mu = moments.mean
+    return q, mu[m] - q.T @ mu[u]
 
 
 def liar_weights(inp: ReconstructionInput) -> Result:
     w = inp.weight
+    bias = inp.bias if inp.intercept else None  # no intercept: the layer has no bias and gets none
     if inp.removed.numel() == 0:
-        return w[inp.kept], inp.bias
+        return w[inp.kept], bias
     q, c = liar_interpolation(inp)
     w_m = w[inp.removed]
-    return w[inp.kept] + q @ w_m, inp.bias + w_m.T @ c
+    return w[inp.kept] + q @ w_m, None if c is None else inp.bias + w_m.T @ c
 
 
 @register("liar", needs={"level2_in"}, description="LIAR: W_u' = W_u + Q W_m, b' = b + W_mᵀ c (least-squares interpolation)")
@@ -84,13 +91,15 @@ def ridge_to_dense(
 def fit_dense_target(inp: ReconstructionInput, prior: torch.Tensor) -> Result:
     """Fit the dense model's level-2 output from the kept pruned-path channels, shrunk toward ``prior``.
 
-    The intercept absorbs mean shifts and the ridge falls back on ``prior`` where the data say little.
+    The intercept (where allowed) absorbs mean shifts and the ridge falls back on ``prior`` where the data say
+    little.
     """
     cross = inp.stats.level2_cross
     if cross is None:
         raise RuntimeError(f"{inp.module.name}: dense-target reconstruction needs the dense path statistics")
     dense_weight, dense_bias = inp.dense_target
-    return ridge_to_dense(cross, inp.kept, dense_weight, dense_bias, prior, inp.alpha, True, inp.module.name)
+    return ridge_to_dense(cross, inp.kept, dense_weight, dense_bias, prior, inp.alpha, inp.intercept,
+                          inp.module.name)
 
 
 @register("dense-target", needs={"level2_cross"},
