@@ -30,6 +30,7 @@ EVAL_WINDOWS = 32
 EVAL_SEQ_LEN = 512
 SPEED_PROMPT_LEN = 128
 SPEED_NEW_TOKENS = 16
+SPEED_REPEATS = 5  # medians of 5: two repeats left 30 % between identical shapes on 2 cores
 
 
 def _evaluation_text(articles: list[str]) -> tuple[str, str]:
@@ -42,7 +43,8 @@ def _evaluation_text(articles: list[str]) -> tuple[str, str]:
 def _measure(model: torch.nn.Module, tokenizer, text: str, folder: Path, device: str | None) -> dict[str, float]:
     ppl = perplexity(model, tokenizer, text, seq_len=EVAL_SEQ_LEN, batch_size=4, max_windows=EVAL_WINDOWS,
                      device=device)
-    speed = measure_speed(model, tokenizer, batch_size=1, prompt_len=SPEED_PROMPT_LEN, new_tokens=SPEED_NEW_TOKENS, repeats=2, device=device)
+    speed = measure_speed(model, tokenizer, batch_size=1, prompt_len=SPEED_PROMPT_LEN, new_tokens=SPEED_NEW_TOKENS,
+                          repeats=SPEED_REPEATS, device=device)
     return {"ppl": ppl["ppl"], "params": sum(p.numel() for p in model.parameters()),
             "mb": directory_size(folder) / 2**20, "prefill": speed["prefill_tokens_per_s"],
             "decode": speed["decode_tokens_per_s"]}
@@ -98,7 +100,7 @@ def run_demo(ratio: float = 0.3, reconstruction: str = PruneConfig.reconstructio
     print(f"\nPruned {record.parameters.ratio_prunable:.1%} of attention+FFN parameters (uniform, flap criterion), "
           f"{config.num_samples}×{config.seq_len} calibration tokens of embedded Wikipedia, "
           f"{record.timings.total_seconds:.1f} s for the {reconstruction} run; saved to {saved}")
-    print(f"Perplexity on {text_name}, first {EVAL_WINDOWS} windows of {EVAL_SEQ_LEN} tokens; speed at batch 1, "
+    print(f"Perplexity on {text_name}, first {EVAL_WINDOWS} windows of {EVAL_SEQ_LEN} tokens; speed at batch 1 (median of {SPEED_REPEATS}), "
           f"prompt {SPEED_PROMPT_LEN}, {SPEED_NEW_TOKENS} new tokens.\n")
     _print_table(columns)
     return columns
