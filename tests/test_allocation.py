@@ -19,7 +19,7 @@ from reprune.adapters import Depth2Module, get_adapter
 from reprune.adapters import LayerShape
 from reprune.allocation import allocate, module_budget, projection_params, select_units
 from reprune import PruneConfig, prune
-from reprune.pipeline import prunable_parameters
+from reprune.allocation import prunable_parameters
 from tiny_models import FAMILIES, calibration_batch, contract_model, model_output, tiny_model
 
 

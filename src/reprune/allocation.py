@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from torch import nn
 
-from reprune.adapters import Depth2Module
+from reprune.adapters import Depth2Module, ModelAdapter
 
 AllocationMode = Literal["uniform", "global"]
 GqaMode = Literal["query", "group"]
@@ -54,6 +55,15 @@ def projection_params(module: Depth2Module) -> int:
     for proj in [p.projection for p in module.level1] + [module.level2]:
         seen[proj.key] = proj.num_parameters()
     return sum(seen.values())
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def prunable_parameters(adapter: ModelAdapter) -> int:
+    """Parameters of all attention and FFN projections of all blocks."""
+    return sum(projection_params(m) for i in range(len(adapter.blocks())) for m in adapter.depth2_modules(i))
 
 
 def removes_kv_heads(module: Depth2Module, gqa_mode: GqaMode) -> bool:

@@ -21,11 +21,12 @@ from torch import nn
 from transformers.models.auto import modeling_auto
 
 from reprune.adapters import get_adapter
+from reprune.allocation import count_parameters, prunable_parameters
 from reprune.manifest import manifest_against
 from reprune.model_card import write_card
 from reprune.outputs import OutputExistsError, check_output_dir, reserve_output  # noqa: F401  (re-exported)
 from reprune.preflight import PreflightError, check_device, read_model_config
-from reprune.record import REMOTE_FILE, RunRecord
+from reprune.record import REMOTE_FILE, ParameterCounts, RunRecord
 from reprune.remote_code import modeling_reprune
 from reprune.stock import StockForm, bare_config, stock_form
 
@@ -73,6 +74,13 @@ def finalise_config(model: nn.Module, pruning_summary: dict[str, Any]) -> StockF
     return form
 
 
+def _saved_counts(counts: ParameterCounts, saved: nn.Module) -> ParameterCounts:
+    """The counts of the model as saved: a stock rewrite's config may state biases for every projection
+    (LLaMA's ``attention_bias``/``mlp_bias``), whose zero partners load back as parameters."""
+    return dataclasses.replace(counts, total_after=count_parameters(saved),
+                               prunable_after=prunable_parameters(get_adapter(saved)))
+
+
 def save_pruned(model: nn.Module, tokenizer: Any, out_dir: str | Path, record: RunRecord | None = None,
                 overwrite: bool = False) -> Path:
     """Write the pruned model atomically (see :mod:`reprune.outputs`); the folder the model was loaded
@@ -91,7 +99,8 @@ def save_pruned(model: nn.Module, tokenizer: Any, out_dir: str | Path, record: R
                 shutil.copyfile(Path(modeling_reprune.__file__), staging / REMOTE_FILE)
             if record is not None:
                 final = dataclasses.replace(record, plain_transformers=form is not None,
-                                            saved_architecture=type(saved).__name__)
+                                            saved_architecture=type(saved).__name__,
+                                            parameters=_saved_counts(record.parameters, saved))
                 final.write(staging)
                 write_card(staging, final, name=reservation.out.name)
         return reservation.out

@@ -19,7 +19,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from reprune.adapters import Depth2Module, ModelAdapter, get_adapter
-from reprune.allocation import allocate, legal_count, module_budget, projection_params, select_units
+from reprune.allocation import (allocate, count_parameters, legal_count, module_budget, prunable_parameters,
+                                select_units)
 from reprune.calibration import (Activations, CalibrationPath, capture_block_inputs, collect_expert_stats,
                                  collect_module_stats)
 from reprune.config import Plan, PruneConfig
@@ -251,11 +252,3 @@ def default_device(requested: str | None) -> torch.device:
         return torch.device(requested)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def prunable_parameters(adapter: ModelAdapter) -> int:
-    """Parameters of all attention and FFN projections of all blocks."""
-    return sum(projection_params(m) for i in range(len(adapter.blocks())) for m in adapter.depth2_modules(i))
