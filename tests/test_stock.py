@@ -103,6 +103,8 @@ def test_auto_fits_intercepts_where_the_model_needs_remote_code_anyway(tmp_path)
 def test_intercept_setting_is_checked_and_reachable_from_the_cli() -> None:
     with pytest.raises(ValueError, match="intercept must be True, False or 'auto'"):
         PruneConfig(intercept="yes").resolve(2)
+    with pytest.raises(ValueError, match="intercept must be True, False or 'auto'"):
+        PruneConfig(intercept=1).resolve(2)  # type: ignore[arg-type]  # 1 == True, but is not a setting
     base = ["prune", "--model", "m", "--out", "o"]
     parse = build_parser().parse_args
     assert build_config(parse(base)).intercept == "auto"
