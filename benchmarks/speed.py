@@ -117,7 +117,8 @@ def main() -> None:
     del dense
 
     batches = [int(b) for b in args.batches.split(",")]
-    key = f"L{args.length}-b{args.batches}-{args.device}-{dtype}-t{args.threads}-rounds{args.rounds}-r{args.ratios}-m{args.multiples}"
+    key = (f"L{args.length}-b{args.batches}-{args.device}-{dtype}-t{args.threads}-rounds{args.rounds}"
+           f"-r{args.ratios}-m{args.multiples}")
     log = ResultLog(RESULTS / f"{args.tag}.jsonl")
     result = log.run(key, lambda: measure_all(source, folders, tokenizer, dtype, batches, args))
     print_table(result["rows"], batches, args)

@@ -105,6 +105,7 @@ def test_intercept_setting_is_checked_and_reachable_from_the_cli() -> None:
         PruneConfig(intercept="yes").resolve(2)
     with pytest.raises(ValueError, match="intercept must be True, False or 'auto'"):
         PruneConfig(intercept=1).resolve(2)  # type: ignore[arg-type]  # 1 == True, but is not a setting
+    PruneConfig(intercept=json.loads('"auto"')).resolve(2)  # an equal string, not the literal's object, is accepted
     base = ["prune", "--model", "m", "--out", "o"]
     parse = build_parser().parse_args
     assert build_config(parse(base)).intercept == "auto"

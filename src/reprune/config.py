@@ -72,7 +72,8 @@ class PruneConfig:
         if config.keep_first < 0 or config.keep_last < 0 or config.keep_first + config.keep_last >= num_blocks:
             raise ValueError(f"keep_first={config.keep_first} and keep_last={config.keep_last} leave no block to "
                              f"prune out of {num_blocks}")
-        if not any(config.intercept is setting for setting in INTERCEPTS.values()):
+        if not any(type(config.intercept) is type(setting) and config.intercept == setting
+                   for setting in INTERCEPTS.values()):  # by type too: 1 == True, but 1 is not a setting
             raise ValueError(f"intercept must be True, False or 'auto', not {config.intercept!r}")
         if config.targets not in TARGET_KINDS:
             raise ValueError(f"targets must be 'both', 'attention' or 'ffn', not {config.targets!r}")
