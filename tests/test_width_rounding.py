@@ -1,10 +1,10 @@
 """Kept widths in hardware-friendly multiples (``multiple_of``): the widths, the ratio they achieve and
-count, and ``multiple_of=1`` as the exact counts of before (bit for bit, against a fixture of the old code).
+count, and ``multiple_of=1`` as the exact counts of before (same units, same weights to rounding, against a
+fixture of the old code).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -100,16 +100,27 @@ def test_uniform_rounds_to_the_width_whose_ratio_is_nearest() -> None:
         assert abs(removed - target) <= abs(other - target)
 
 
-def state_digest(model: torch.nn.Module) -> str:
-    digest = hashlib.sha256()
+def state_fingerprint(model: torch.nn.Module) -> dict[str, list[float]]:
+    """Per tensor: sum, sum of |x| and the dot with a seeded normal probe, in float64 (a hash of the bytes would
+    change with the BLAS and library versions that round the last bits differently)."""
+    fingerprint = {}
     for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().contiguous().numpy().tobytes())
-    return digest.hexdigest()
+        values = tensor.detach().to(torch.float64).flatten()
+        probe = torch.randn(values.numel(), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        fingerprint[name] = [values.sum().item(), values.abs().sum().item(), (values * probe).sum().item()]
+    return fingerprint
+
+
+def assert_fingerprints_match(actual: dict[str, list[float]], expected: dict[str, list[float]]) -> None:
+    """Same tensors; each statistic within 1e-5 of the tensor's sum of |x| (rounding, not a changed weight)."""
+    assert sorted(actual) == sorted(expected)
+    for name, (total, magnitude, projection) in expected.items():
+        tolerance = 1e-5 * magnitude + 1e-9
+        assert actual[name] == pytest.approx([total, magnitude, projection], rel=0, abs=tolerance), name
 
 
 @pytest.mark.parametrize("case", [key for key in json.loads(FIXTURE.read_text()) if not key.startswith("_")])
-def test_multiple_of_one_reproduces_the_exact_widths_bit_for_bit(case: str) -> None:
+def test_multiple_of_one_reproduces_the_exact_widths_of_the_old_code(case: str) -> None:
     family, allocation, gqa_mode = case.split("-")
     expected = json.loads(FIXTURE.read_text())[case]
     model = contract_model(family) if family == "mixtral" else tiny_model(family)
@@ -119,7 +130,7 @@ def test_multiple_of_one_reproduces_the_exact_widths_bit_for_bit(case: str) -> N
     model, record = prune(model, IDS, config, progress=False)
     assert [[layer.block, layer.kind, layer.expert, layer.kept_units] for layer in record.layers] == expected["kept"]
     assert record.parameters.prunable_after == expected["prunable_after"]
-    assert state_digest(model) == expected["digest"]
+    assert_fingerprints_match(state_fingerprint(model), expected["fingerprint"])
 
 
 def test_the_option_is_parsed_checked_and_defaults_to_one_in_older_records() -> None:
