@@ -13,7 +13,7 @@ import transformers
 from torch import nn
 
 from reprune.evaluation.tasks import MultipleChoiceItem
-from reprune.evaluation.zero_shot import encode_pair, evaluate_items, evaluate_task, loglikelihoods
+from reprune.evaluation.zero_shot import encode_pair, evaluate_items, evaluate_task, forward_rows, loglikelihoods
 from tiny_models import tiny_llama_for
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tasks"
@@ -75,6 +75,29 @@ def test_batched_loglikelihoods_match_direct_computation(tiny_llama, tokenizer) 
     for score, (context, continuation) in zip(batched, requests):
         whole = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
         assert score.num_tokens == len(whole) - len(tokenizer(context, add_special_tokens=False)["input_ids"])
+
+
+def test_rows_follow_lm_evals_collator_order_and_sharing() -> None:
+    """Longest first, ties by token ids; requests with equal context + continuation[:-1] share a row led by
+    the longest continuation (its input holds the others' positions)."""
+    encoded = [([9, 1], [2]), ([9, 1], [3]), ([4, 4], [1]), ([7], [1, 2, 3]), ([9], [1, 5])]
+    assert forward_rows(encoded) == [[3], [2], [4, 0, 1]]
+
+
+def test_one_token_answers_to_one_context_cost_one_row(tiny_llama, tokenizer) -> None:
+    context, answers = "The capital of France is", [" Paris", " Rome", " Berlin", " Madrid"]
+    assert all(len(tokenizer(a, add_special_tokens=False)["input_ids"]) == 1 for a in answers)
+    requests = [(context, answer) for answer in answers] + [("Two plus two is", " four")]
+    rows: list[int] = []
+    handle = tiny_llama.register_forward_pre_hook(lambda _, args, kwargs: rows.append(kwargs["input_ids"].shape[0]),
+                                                  with_kwargs=True)
+    try:
+        scores = loglikelihoods(tiny_llama, tokenizer, requests, batch_size=8, progress=False)
+    finally:
+        handle.remove()
+    assert rows == [2]
+    direct = [direct_loglikelihood(tiny_llama, tokenizer, c, a) for c, a in requests]
+    np.testing.assert_allclose([score.logprob for score in scores], direct, rtol=1e-4, atol=1e-4)
 
 
 def test_metrics_match_hand_computed_acc_and_length_normalised_acc(tiny_llama, tokenizer) -> None:

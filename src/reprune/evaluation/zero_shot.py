@@ -79,6 +79,27 @@ def encode_pair(
     return list(context_ids), list(continuation_ids)
 
 
+def forward_rows(encoded: Sequence[tuple[list[int], list[int]]]) -> list[list[int]]:
+    """Requests grouped into forward rows and ordered as lm-eval's ``Collator`` does, so batches match its own.
+
+    Requests whose ``context + continuation[:-1]`` agree feed the same input to the model (one-token answers
+    to one question) and share a row, led by the first with the longest continuation; rows go longest first,
+    ties by the leader's token ids. Identical batches give identical float32 sums, not just close ones.
+    """
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, (context, continuation) in enumerate(encoded):
+        groups.setdefault((*context, *continuation[:-1]), []).append(index)
+
+    def leader(members: list[int]) -> int:
+        return max(members, key=lambda i: len(encoded[i][1]))
+
+    def sort_key(members: list[int]) -> tuple[int, tuple[int, ...]]:
+        context, continuation = encoded[leader(members)]
+        return -(len(context) + len(continuation)), (*context, *continuation)
+
+    return [sorted(members, key=lambda i: i != leader(members)) for members in sorted(groups.values(), key=sort_key)]
+
+
 def loglikelihoods(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -90,10 +111,10 @@ def loglikelihoods(
     progress: bool = True,
     desc: str = "loglikelihood",
 ) -> list[LogLikelihood]:
-    """Score (context, continuation) requests with one right-padded forward pass per batch.
+    """Score (context, continuation) requests with one right-padded forward pass per batch of rows.
 
-    Requests are processed longest first (less padding) and returned in input order. ``max_length``
-    overrides the model's maximum input length (used for left truncation).
+    Rows are planned by ``forward_rows`` (lm-eval's order and sharing) and results returned in input order.
+    ``max_length`` overrides the model's maximum input length (used for left truncation).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
@@ -105,28 +126,29 @@ def loglikelihoods(
                 f"Continuation {continuation[:60]!r} has {len(continuation_ids)} tokens, more than the model's "
                 f"maximum length {limit}; it cannot be scored."
             )
-    order = sorted(range(len(encoded)), key=lambda i: -(len(encoded[i][0]) + len(encoded[i][1])))
+    rows_plan = forward_rows(encoded)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     dev = prepare_model(model, device)
     results: list[LogLikelihood | None] = [None] * len(encoded)
     with torch.inference_mode(), eval_mode(model):
-        for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=not progress):
-            indices = order[start : start + batch_size]
-            # Input = (context + continuation) cut to limit + 1 tokens from the left, minus the last token.
-            rows = [(encoded[i][0] + encoded[i][1])[-(limit + 1) :][:-1] for i in indices]
+        for start in tqdm(range(0, len(rows_plan), batch_size), desc=desc, unit="batch", disable=not progress):
+            groups = rows_plan[start : start + batch_size]
+            # Input = (context + continuation) of the row's leader cut to limit + 1 tokens from the left, minus the last.
+            rows = [(encoded[members[0]][0] + encoded[members[0]][1])[-(limit + 1) :][:-1] for members in groups]
             batch = torch.full((len(rows), max(map(len, rows))), pad_id, dtype=torch.long)
             for row, ids in enumerate(rows):
                 batch[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
             logits = model(input_ids=batch.to(dev), use_cache=False).logits
-            for row, i in enumerate(indices):
-                target = torch.tensor(encoded[i][1], dtype=torch.long, device=logits.device)
+            for row, members in enumerate(groups):
                 end = len(rows[row])
-                logprobs = logits[row, end - len(target) : end].float().log_softmax(dim=-1)
-                results[i] = LogLikelihood(
-                    logprob=logprobs.gather(-1, target[:, None]).sum().item(),
-                    is_greedy=bool((logprobs.argmax(dim=-1) == target).all()),
-                    num_tokens=len(target),
-                )
+                for i in members:
+                    target = torch.tensor(encoded[i][1], dtype=torch.long, device=logits.device)
+                    logprobs = logits[row, end - len(target) : end].float().log_softmax(dim=-1)
+                    results[i] = LogLikelihood(
+                        logprob=logprobs.gather(-1, target[:, None]).sum().item(),
+                        is_greedy=bool((logprobs.argmax(dim=-1) == target).all()),
+                        num_tokens=len(target),
+                    )
     return results  # type: ignore[return-value]
 
 
