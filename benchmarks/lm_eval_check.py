@@ -89,25 +89,27 @@ def compare(model_name: str, limit: int | None, batch_size: int, tolerance: floa
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
+    # lm-eval scores every task's requests in one call, so batches mix tasks: score them together likewise
+    samples = {task: sorted(out["samples"][name], key=lambda s: s["doc_id"]) for task, name in names.items()}
+    items = {task: load_task(task, default_task_path(task), limit) for task in names}
+    flat = [request for task in names for item in items[task] for request in item.requests()]
+    scores = iter(score.logprob for score in loglikelihoods(model, tokenizer, flat, batch_size, progress=False))
     rows = []
-    for task, name in names.items():
-        samples = sorted(out["samples"][name], key=lambda s: s["doc_id"])
-        items = load_task(task, default_task_path(task), limit)
-        ours_requests = [item.requests() for item in items]
-        theirs_requests = [[tuple(arg[:2]) for arg in s["arguments"]] for s in samples]
+    for task in names:
+        ours_requests = [item.requests() for item in items[task]]
+        theirs_requests = [[tuple(arg[:2]) for arg in s["arguments"]] for s in samples[task]]
         same_prompts = ours_requests == theirs_requests
-        flat = [r for requests in ours_requests for r in requests]
-        ours = [score.logprob for score in loglikelihoods(model, tokenizer, flat, batch_size, progress=False)]
-        theirs = [float(resp[0][0]) for s in samples for resp in s["resps"]]
+        ours = [next(scores) for requests in ours_requests for _ in requests]
+        theirs = [float(resp[0][0]) for s in samples[task] for resp in s["resps"]]
         diff = float(np.max(np.abs(np.array(ours) - np.array(theirs))))
         acc_diff = norm_diff = position = 0
-        for item, sample in zip(items, samples):  # our correctness per item against lm-eval's own per-sample metrics
-            scores = np.array(ours[position:position + item.num_choices])
+        for item, sample in zip(items[task], samples[task]):  # our correctness per item against lm-eval's own
+            choice_scores = np.array(ours[position:position + item.num_choices])
             lengths = np.array([_answer_length(c) for _, c in item.requests()], dtype=float)
             position += item.num_choices
-            acc_diff += int(float(np.argmax(scores) == item.gold) != sample["acc"])
-            norm_diff += int(float(np.argmax(scores / lengths) == item.gold) != sample["acc_norm"])
-        rows.append({"model": model_name, "task": task, "n": len(items), "same_prompts": same_prompts,
+            acc_diff += int(float(np.argmax(choice_scores) == item.gold) != sample["acc"])
+            norm_diff += int(float(np.argmax(choice_scores / lengths) == item.gold) != sample["acc_norm"])
+        rows.append({"model": model_name, "task": task, "n": len(items[task]), "same_prompts": same_prompts,
                      "max_abs_loglik_diff": diff, "acc_predictions_differing": acc_diff,
                      "acc_norm_predictions_differing": norm_diff,
                      "ok": same_prompts and diff <= tolerance and acc_diff == 0 and norm_diff == 0})
