@@ -56,6 +56,8 @@ def parse_args() -> argparse.Namespace:
                    help="auto, on and/or off: may reconstruction add level-2 biases (PruneConfig.intercept)")
     p.add_argument("--presets", default="", type=_split,
                    help="also run these presets at each ratio: PRESET or PRESET:RECONSTRUCTION (e.g. goa:liar)")
+    p.add_argument("--score-on", default="pruned", type=_split,
+                   help="pruned and/or dense: where criteria read statistics (PruneConfig.score_on)")
     p.add_argument("--targets", default="both", choices=["both", "attention", "ffn"])
     p.add_argument("--calib", default="wiki-embedded", help="'wiki-embedded' or 'self-generated'")
     p.add_argument("--calib-samples", type=int, default=128)
@@ -118,9 +120,10 @@ def main() -> None:
     scored: dict[tuple[str, str, str], tuple[dict, float]] = {}
 
     def dense_scores(config: PruneConfig) -> tuple[dict | None, float]:
-        """Global allocation's scoring pass over the dense model, run once per criterion and reused at every
-        ratio and reconstruction; its time is added to each run's (a single run pays it)."""
-        if config.allocation != "global" or not config.resolve(len(get_adapter(dense).blocks())).criteria_read_data:
+        """The scoring pass over the dense model (global allocation, score_on='dense'), run once per criterion
+        and reused at every ratio and reconstruction; its time is added to each run's (a single run pays it)."""
+        plan = config.resolve(len(get_adapter(dense).blocks()))
+        if (config.allocation != "global" and config.score_on != "dense") or not plan.criteria_read_data:
             return None, 0.0
         key = (config.criterion_for("attention"), config.criterion_for("ffn"), config.targets)
         if key not in scored:
@@ -155,14 +158,15 @@ def main() -> None:
         return log.run(f"{label}-r{config.ratio}-{cal_tag}-{args.targets}-{args.eval_tokens}{suffix}", job)
 
     grid = itertools.product(args.ratios, args.allocations, args.criteria, args.reconstructions, args.recoveries,
-                             args.intercepts)
-    for ratio, allocation, criterion, reconstruction, recovery, intercept in grid:
+                             args.intercepts, args.score_on)
+    for ratio, allocation, criterion, reconstruction, recovery, intercept, score_on in grid:
         label = (f"{allocation}/{criterion}/{reconstruction}" + ("/goa-recovery" if recovery == "goa" else "")
-                 + ("" if intercept == "auto" else f"/intercept-{intercept}"))
+                 + ("" if intercept == "auto" else f"/intercept-{intercept}")
+                 + ("" if score_on == "pruned" else f"/scores-{score_on}"))
         attention_criterion, _, ffn_criterion = criterion.partition("+")
         config = PruneConfig(ratio=ratio, criterion=attention_criterion, attention_criterion=attention_criterion,
                              ffn_criterion=ffn_criterion or attention_criterion, reconstruction=reconstruction,
-                             recovery=recovery, allocation=allocation, targets=args.targets,
+                             recovery=recovery, allocation=allocation, targets=args.targets, score_on=score_on,
                              intercept=INTERCEPTS[intercept], num_samples=args.calib_samples,
                              seq_len=args.calib_len, device=args.device)
         if not args.logged_only:

@@ -37,14 +37,17 @@ def neuron_cost(budgets) -> float:
 
 
 def tolerance(mode: str, budgets, eligible) -> tuple[float, float]:
-    """(lowest, highest) allowed ``removed − target`` in parameters."""
+    """(lowest, highest) allowed ``removed − target`` in parameters. Global: FLAP's threshold, nearest the
+    target to within half a unit, and the unit at the threshold removed too, so up to 1.5 of the largest unit
+    over; below it only by the refill's half neuron."""
     n = neuron_cost(budgets)
     step = max(b.step for b in budgets if b.kind == "ffn")
     blocks = len({b.block for b in budgets if b.key in eligible and b.kind == "ffn"})
     if mode == "uniform":
         return -0.5 * step * n * blocks - 1e-6, 0.5 * step * n * blocks + 1e-6
     rounding = 0.5 * step * n * blocks if step > 1 else 0.0
-    return -0.5 * n - rounding - 1e-6, n + rounding
+    largest = max(b.unit_cost for b in budgets if b.key in eligible)
+    return -0.5 * n - rounding - 1e-6, 1.5 * largest + rounding + 1e-6
 
 
 def gqa6_model():

@@ -101,7 +101,7 @@ def test_reused_scores_give_the_same_pruned_model(family: str) -> None:
 def test_scores_that_do_not_fit_are_refused() -> None:
     config = PruneConfig(criterion="flap", allocation="global", batch_size=8)
     scores = global_scores(tiny_model("llama"), IDS, config)
-    with pytest.raises(ValueError, match="global allocation only"):
+    with pytest.raises(ValueError, match="global allocation or score_on=.dense. only"):
         prune(tiny_model("llama"), IDS, PruneConfig(criterion="flap"), progress=False, scores=scores)
     with pytest.raises(ValueError, match="miss"):
         prune(tiny_model("llama"), IDS, PruneConfig(criterion="flap", allocation="global", keep_first=0),

@@ -19,7 +19,7 @@ from torch import nn
 from reprune.adapters import Depth2Module, Level1Part, Projection, get_adapter
 from reprune.calibration import capture_block_inputs, collect_module_stats
 from reprune.checkpoint import load, save_pruned
-from reprune.criteria import CRITERIA
+from reprune.criteria import CRITERIA, unit_scores
 from reprune.linalg import IllConditionedWarning, solve_ridge
 from reprune import calibration, pipeline
 from reprune.config import Plan
@@ -347,7 +347,7 @@ def test_first_layer_errors_recomputed_independently(ids):
         assert errors[mode] == pytest.approx(reports[mode].layers[0].error, rel=1e-6)
     assert errors["liar"] < errors["bias"] <= errors["none"]
     # flap kept the highest-scored heads of every KV group (GQA, gqa_mode="query")
-    scores = CRITERIA.get("flap").score(module, stats, torch.Generator())
+    scores = unit_scores(CRITERIA.get("flap").score(module, stats, torch.Generator()))
     rep = module.heads_per_kv
     assert rep == 2 and len(layer.kept_units) < module.num_units
     for group in range(module.num_kv_heads):

@@ -1,6 +1,6 @@
 """Kept widths in hardware-friendly multiples (``multiple_of``): the widths, the ratio they achieve and
 count, and ``multiple_of=1`` as the exact counts of before (same units, same weights to rounding, against a
-fixture of the old code).
+fixture of the old code; the cases that FLAP's head scores and threshold changed were regenerated then).
 """
 
 from __future__ import annotations

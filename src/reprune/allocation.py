@@ -176,23 +176,33 @@ def _uniform(pool: list[ModuleBudget], target: float, counts: dict) -> dict[tupl
     return counts
 
 
+def standardised(scores: torch.Tensor) -> torch.Tensor:
+    """A module's unit scores made comparable across layers, as FLAP's AL-AM does: standardised over the
+    layer's entries (per-channel scores ``(units, width)``: over its channels, then averaged per unit)."""
+    s = scores.to(torch.float64)
+    z = (s - s.mean()) / s.std().clamp_min(1e-12) if s.numel() > 1 else torch.zeros_like(s)
+    return z.mean(1) if z.dim() == 2 else z
+
+
 def _global(pool: list[ModuleBudget], target: float, counts: dict,
             scores: dict[tuple[int, str], torch.Tensor]) -> dict[tuple[int, str], int]:
     ranked: list[tuple[float, ModuleBudget]] = []
     for b in pool:
-        s = scores[b.key].to(torch.float64)
-        z = (s - s.mean()) / s.std().clamp_min(1e-12) if s.numel() > 1 else torch.zeros_like(s)
-        ranked.extend((float(v), b) for v in z)
+        ranked.extend((float(v), b) for v in standardised(scores[b.key]))
     ranked.sort(key=lambda item: item[0])
     has_ffn = any(b.kind == "ffn" for b in pool)
-    spent = 0.0
+    removable: list[ModuleBudget] = []  # in rank order, each module's units up to its max_remove
+    seen = {b.key: 0 for b in pool}
     for _, b in ranked:
-        if spent >= target:
-            break
-        if counts[b.key] >= b.max_remove:
-            continue
-        if has_ffn and b.kind == "attention" and spent + b.unit_cost > target:
-            continue  # a head would overshoot the budget by up to a head; neurons fill the rest finely
+        if seen[b.key] < b.max_remove:
+            seen[b.key] += 1
+            removable.append(b)
+    # FLAP's threshold (AL-AM): the rank j where the removed parameters come nearest the target; the unit at
+    # the threshold goes too (its code keeps units scored strictly above it)
+    removed = torch.cumsum(torch.tensor([0.0] + [b.unit_cost for b in removable], dtype=torch.float64), 0)
+    nearest = int(torch.argmin((removed - target).abs()))
+    spent = 0.0
+    for b in removable[: nearest + 1]:
         counts[b.key] += 1
         spent += b.unit_cost
     for b in pool:  # make head counts legal, then refill the budget with neurons in rank order

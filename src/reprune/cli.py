@@ -27,6 +27,8 @@ def _add_prune_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allocation", choices=["uniform", "global"])
     parser.add_argument("--targets", choices=["both", "attention", "ffn"])
     parser.add_argument("--gqa-mode", choices=["query", "group"])
+    parser.add_argument("--score-on", choices=["pruned", "dense"],
+                        help="criteria read each block on the already pruned path (default) or the dense model (FLAP's way)")
     parser.add_argument("--multiple-of", type=int,
                         help="kept widths in multiples of this many channels, for fast matmuls (default 8; 1: exact)")
     parser.add_argument("--keep-first", type=int, help="leave the first k blocks dense")
@@ -55,6 +57,7 @@ def build_config(args: argparse.Namespace) -> PruneConfig:
         "ratio": args.ratio, "criterion": args.criterion, "attention_criterion": args.attention_criterion,
         "ffn_criterion": args.ffn_criterion, "reconstruction": args.reconstruct, "recovery": args.recovery,
         "allocation": args.allocation, "targets": args.targets, "gqa_mode": args.gqa_mode,
+        "score_on": args.score_on,
         "multiple_of": args.multiple_of,
         "keep_first": args.keep_first, "keep_last": args.keep_last, "alpha": args.alpha,
         "intercept": INTERCEPTS.get(args.intercept),

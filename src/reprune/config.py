@@ -18,6 +18,8 @@ from reprune.stats import TWO_PATH_STATISTICS
 Targets = Literal["both", "attention", "ffn"]
 Intercept = bool | Literal["auto"]
 INTERCEPTS: dict[str, Intercept] = {"auto": "auto", "on": True, "off": False}  # option names -> PruneConfig.intercept
+ScoreOn = Literal["pruned", "dense"]
+SCORE_ON: tuple[ScoreOn, ...] = ("pruned", "dense")
 TARGET_KINDS: dict[str, tuple[ModuleKind, ...]] = {"both": ("attention", "ffn"), "attention": ("attention",),
                                                    "ffn": ("ffn",)}
 
@@ -35,6 +37,9 @@ class PruneConfig:
     allocation: AllocationMode = "uniform"
     targets: Targets = "both"
     gqa_mode: GqaMode = "query"
+    # where criteria read their statistics: "pruned": each block on the path already pruned before it;
+    # "dense": the dense model, all blocks scored once before any is pruned, as FLAP does
+    score_on: ScoreOn = "pruned"
     multiple_of: int = 8  # kept widths in multiples of this many inner channels (1: exact counts), for fast matmuls
     keep_first: int = 0
     keep_last: int = 0
@@ -75,6 +80,8 @@ class PruneConfig:
         if not any(type(config.intercept) is type(setting) and config.intercept == setting
                    for setting in INTERCEPTS.values()):  # by type too: 1 == True, but 1 is not a setting
             raise ValueError(f"intercept must be True, False or 'auto', not {config.intercept!r}")
+        if config.score_on not in SCORE_ON:
+            raise ValueError(f"score_on must be one of {', '.join(map(repr, SCORE_ON))}, not {config.score_on!r}")
         if config.targets not in TARGET_KINDS:
             raise ValueError(f"targets must be 'both', 'attention' or 'ffn', not {config.targets!r}")
         kinds = TARGET_KINDS[config.targets]

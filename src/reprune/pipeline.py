@@ -24,6 +24,7 @@ from reprune.allocation import (allocate, count_parameters, legal_count, module_
 from reprune.calibration import (Activations, CalibrationPath, capture_block_inputs, collect_expert_stats,
                                  collect_module_stats)
 from reprune.config import Plan, PruneConfig
+from reprune.criteria import unit_scores
 from reprune.data import Calibration, calibration_source, resolve_calibration
 from reprune.preflight import check_calibration_ids, check_config, check_finite_weights
 from reprune.reconstruction import ReconstructionInput, relative_errors
@@ -52,6 +53,8 @@ def prune(model: nn.Module, calibration: Calibration = "wiki-embedded", config: 
     check_config(config)
     if scores is not None:
         check_scores(adapter, scores, plan)
+    if config.score_on == "dense":
+        check_dense_scoring(adapter, plan)
     check_finite_weights(model)
     ids = resolve_calibration(calibration, tokenizer, model, config.num_samples, config.seq_len, config.seed,
                               text_field, config.device)
@@ -67,14 +70,15 @@ def prune(model: nn.Module, calibration: Calibration = "wiki-embedded", config: 
     pruned = CalibrationPath(adapter, acts, config.shortcuts) if acts is not None else None
     dense = CalibrationPath(adapter, acts.clone(), config.shortcuts) if acts is not None and plan.two_path else None
     seconds_capture = time.perf_counter() - started
-    if scores is None and config.allocation == "global" and config.ratio > 0:
+    if scores is None and (config.allocation == "global" or config.score_on == "dense") and config.ratio > 0:
         scores = score_dense_model(adapter, acts, plan, generator, device, progress)
     budgets = [module_budget(m, config.gqa_mode, config.multiple_of) for i in range(plan.num_blocks) for m in adapter.depth2_modules(i)]
     counts = allocate(budgets, config.ratio, config.allocation, plan.eligible, scores)
 
     layers: list[LayerRecord] = []
+    selection_scores = scores if config.score_on == "dense" else None
     for index in tqdm(range(plan.num_blocks), desc="pruning blocks", disable=not progress):
-        layers += prune_block(adapter, plan, index, counts, pruned, dense, generator, device)
+        layers += prune_block(adapter, plan, index, counts, pruned, dense, generator, device, selection_scores)
 
     record = RunRecord(
         config=config, model_type=model.config.model_type, architecture=type(model).__name__,
@@ -92,10 +96,20 @@ def prune(model: nn.Module, calibration: Calibration = "wiki-embedded", config: 
     return model, record
 
 
+def check_dense_scoring(adapter: ModelAdapter, plan: Plan) -> None:
+    """Dense-model scores choose units module by module; a mixture's experts each choose their own."""
+    for index, kind in sorted(plan.eligible):
+        module = next(m for m in adapter.depth2_modules(index) if m.kind == kind)
+        if module.moe:
+            raise NotImplementedError(f"{module.name}: score_on='dense' scores a mixture as one module, but its "
+                                      "experts each choose their own neurons; use score_on='pruned'")
+
+
 def prune_block(adapter: ModelAdapter, plan: Plan, index: int, counts: dict[tuple[int, str], int],
                 pruned: CalibrationPath | None, dense: CalibrationPath | None, generator: torch.Generator,
-                device: torch.device) -> list[LayerRecord]:
+                device: torch.device, scores: Scores | None = None) -> list[LayerRecord]:
     """Prune block ``index``'s modules in forward order and move both calibration paths past the block.
+    ``scores``: the dense model's, which choose the units (``score_on='dense'``); None: score on the path.
 
     Only this block is on the compute device meanwhile; the dense path runs a copy taken before any change.
     """
@@ -118,7 +132,8 @@ def prune_block(adapter: ModelAdapter, plan: Plan, index: int, counts: dict[tupl
             continue
         for path in paths:
             path.open_tail(kind)
-        layer = prune_module(adapter, plan, module, n_remove, pruned, dense, generator)
+        layer = prune_module(adapter, plan, module, n_remove, pruned, dense, generator,
+                             None if scores is None else scores.get((index, kind)))
         layers.append(layer)
         if pruned is not None:
             pruned.close_tail(kind, module.unit_channels(layer.kept_units))
@@ -132,7 +147,7 @@ def prune_block(adapter: ModelAdapter, plan: Plan, index: int, counts: dict[tupl
 
 def prune_module(adapter: ModelAdapter, plan: Plan, module: Depth2Module, n_remove: int,
                  pruned: CalibrationPath | None, dense: CalibrationPath | None,
-                 generator: torch.Generator) -> LayerRecord:
+                 generator: torch.Generator, scores: torch.Tensor | None = None) -> LayerRecord:
     """Calibrate, recover, score, select, reconstruct and shrink one module (``pruned`` None: data-free)."""
     dense_module = dense.module(module.kind) if dense is not None else None
     tick = time.perf_counter()
@@ -150,7 +165,7 @@ def prune_module(adapter: ModelAdapter, plan: Plan, module: Depth2Module, n_remo
         wanted = criterion.count(module, stats, plan.config.criterion_options)
         if wanted is not None:
             n_remove = legal_count(module, wanted, plan.config.gqa_mode, plan.config.multiple_of)
-    fit = select_and_reconstruct(plan, module, stats, n_remove, dense_module, generator)
+    fit = select_and_reconstruct(plan, module, stats, n_remove, dense_module, generator, scores)
     shrink_module(adapter, module, fit.kept_units, fit.weight, fit.bias)
     return fit.record(module, seconds_stats)
 
@@ -173,9 +188,13 @@ class Fit:
 
 
 def select_and_reconstruct(plan: Plan, module: Depth2Module, stats: ModuleStats, n_remove: int,
-                           dense_module: Depth2Module | None, generator: torch.Generator) -> Fit:
-    """Score the module's units, keep all but the ``n_remove`` lowest and reconstruct its level 2 (no surgery)."""
-    scores = plan.criteria[module.kind].score(module, stats, generator)
+                           dense_module: Depth2Module | None, generator: torch.Generator,
+                           scores: torch.Tensor | None = None) -> Fit:
+    """Score the module's units (unless ``scores`` are given), keep all but the ``n_remove`` lowest and
+    reconstruct its level 2 (no surgery)."""
+    if scores is None:
+        scores = plan.criteria[module.kind].score(module, stats, generator)
+    scores = unit_scores(scores)
     kept_units = select_units(module, scores, n_remove, plan.config.gqa_mode)
     kept = module.unit_channels(kept_units)
     removed = torch.ones(module.num_units * module.unit_width, dtype=torch.bool)

@@ -1,6 +1,7 @@
-"""Global allocation's scoring pass: every eligible module's scores on the dense model, before pruning.
+"""The scoring pass: every eligible module's scores on the dense model, before pruning.
 
-Global allocation ranks units across layers, so it needs all layers' scores at once. Each block runs
+Global allocation ranks units across layers, so it needs all layers' scores at once; ``score_on='dense'``
+chooses each module's units by them too, as FLAP does. Each block runs
 once per batch for the statistics of all its modules, and a criterion that reads only per-channel
 moments gets no Gram; with no criterion reading statistics no block is run at all.
 """
@@ -13,6 +14,7 @@ from tqdm.auto import tqdm
 from reprune.adapters import Depth2Module, ModelAdapter, ModuleKind
 from reprune.calibration import Activations, collect_block_stats
 from reprune.config import Plan
+from reprune.criteria import unit_scores
 from reprune.stats import ModuleStats
 
 Scores = dict[tuple[int, ModuleKind], torch.Tensor]
@@ -48,16 +50,17 @@ def module_scores(plan: Plan, module: Depth2Module, stats: ModuleStats, generato
     if not module.moe:
         return score(module, stats, generator)
     per_expert = stats.experts or [ModuleStats() for _ in module.moe.experts]
-    ranked = [score(expert, expert_stats, generator).to(torch.float64).sort().values
+    ranked = [unit_scores(score(expert, expert_stats, generator)).to(torch.float64).sort().values
               for expert, expert_stats in zip(module.moe.experts, per_expert)]
     return torch.stack(ranked).mean(0)
 
 
 def check_scores(adapter: ModelAdapter, scores: Scores, plan: Plan) -> None:
     """Reused scores must be those of this model and configuration (see :func:`reprune.pipeline.global_scores`)."""
-    if plan.config.allocation != "global":
-        raise ValueError(f"scores are read by global allocation only, but allocation is "
-                         f"{plan.config.allocation!r}: drop scores= or set allocation='global'")
+    if plan.config.allocation != "global" and plan.config.score_on != "dense":
+        raise ValueError(f"scores are read by global allocation or score_on='dense' only, but allocation is "
+                         f"{plan.config.allocation!r} and score_on {plan.config.score_on!r}: drop scores= or set "
+                         "allocation='global'")
     eligible = plan.eligible
     if set(scores) != eligible:
         raise ValueError(
@@ -66,6 +69,8 @@ def check_scores(adapter: ModelAdapter, scores: Scores, plan: Plan) -> None:
         )
     for index, kind in sorted(eligible):
         module = next(m for m in adapter.depth2_modules(index) if m.kind == kind)
-        if scores[(index, kind)].shape != (module.num_units,):
-            raise ValueError(f"the given scores of {module.name} have shape {tuple(scores[(index, kind)].shape)}, "
-                             f"not ({module.num_units},): they belong to another model (or to a pruned one)")
+        shape = tuple(scores[(index, kind)].shape)
+        if shape not in ((module.num_units,), (module.num_units, module.unit_width)):
+            raise ValueError(f"the given scores of {module.name} have shape {shape}, not ({module.num_units},) "
+                             f"or ({module.num_units}, {module.unit_width}): they belong to another model "
+                             "(or to a pruned one)")

@@ -1,5 +1,9 @@
 """Criteria registry: a criterion scores every unit (head or neuron) of a module; higher means keep.
 
+A score function returns one score per unit, ``(num_units,)``, or per-channel scores ``(num_units,
+unit_width)`` whose per-unit sums rank the units; global allocation then standardises a layer's channel
+scores, not its unit scores, as FLAP does (:func:`unit_scores` turns either into one score per unit).
+
 A criterion is a small function over the module's weights and calibration statistics, registered with
 the statistics it needs (names from :data:`reprune.stats.STATISTICS`), so a new criterion is one new
 file in this folder: every module here is imported, and its ``@register`` adds it.
@@ -57,6 +61,11 @@ def per_unit(module: Depth2Module, per_channel: torch.Tensor) -> torch.Tensor:
     return per_channel.reshape(module.num_units, module.unit_width).sum(1)
 
 
+def unit_scores(scores: torch.Tensor) -> torch.Tensor:
+    """One score per unit from a criterion's output: per-channel scores summed over each unit's channels."""
+    return scores.sum(1) if scores.dim() == 2 else scores
+
+
 def level1_row_norms_sq(module: Depth2Module) -> torch.Tensor:
     """Squared L2 norm of all level-1 rows feeding each unit (KV rows shared by their query heads)."""
     total = torch.zeros(module.num_units, dtype=torch.float64)
@@ -76,4 +85,4 @@ def level2_weight(module: Depth2Module) -> torch.Tensor:
 
 import_submodules(__name__, __path__)
 
-__all__ = ["CRITERIA", "Criterion", "per_unit", "register"]
+__all__ = ["CRITERIA", "Criterion", "per_unit", "register", "unit_scores"]

@@ -27,10 +27,15 @@ def wanda_sp_score(module: Depth2Module, stats: ModuleStats, generator: torch.Ge
     return per_unit(module, per_channel)
 
 
-@register("flap", needs={"level2_diag"}, description="FLAP fluctuation: Var(x_j) · ||W2[:, j]||² per level-2 input column")
+@register("flap", needs={"level2_diag"},
+          description="FLAP fluctuation: Var(x_j) · ||W2[:, j]||² per level-2 input column; a head sums its squares")
 def flap_score(module: Depth2Module, stats: ModuleStats, generator: torch.Generator) -> torch.Tensor:
+    """As FLAP's code (``lib/prune.py``): a neuron's score is its channel's; a head's channels are squared
+    (``W_metric ** 2`` for o_proj) and returned per channel, so global allocation standardises them."""
     variance = stats.level2_in.variance.clamp_min(0).cpu()
     n = stats.level2_in.n
     variance = variance * n / max(n - 1, 1)  # FLAP uses the sample variance
     per_channel = variance * level2_weight(module).pow(2).sum(0)
+    if module.kind == "attention":
+        return per_channel.pow(2).reshape(module.num_units, module.unit_width)
     return per_unit(module, per_channel)
