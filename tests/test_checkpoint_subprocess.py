@@ -91,7 +91,8 @@ def test_uniform_llama_loads_with_plain_transformers(ids, tmp_path):
 
 def test_global_llama_loads_with_remote_code(ids, tmp_path):
     model, report = prune(tiny_model("llama"), ids,
-                          PruneConfig(ratio=0.3, allocation="global", reconstruction="liar"), progress=False)
+                          PruneConfig(ratio=0.3, allocation="global", reconstruction="liar", multiple_of=1),
+                          progress=False)
     shapes = report.shapes
     assert any(s != shapes[0] for s in shapes), "global allocation should give per-layer sizes here"
     expected = model_output(model, ids)
@@ -138,8 +139,10 @@ MANIFEST_FEATURES = [("phi3", "AutoModelForCausalLM", "ReprunePhi3ForCausalLM"),
 def test_head_pruned_families_load_with_remote_code(model_type, auto, expected_class, ids, tmp_path):
     # intercept=True: the manifest is under test, and `auto` would make an output whose sizes and biases the
     # config can state (e.g. cohere when both blocks keep two heads) a stock checkpoint instead
+    # FLAP's threshold keeps the mixtures' heads at 45 % (their experts' neurons rank lower): prune more there
+    ratio = 0.6 if model_type in ("mixtral", "gpt_oss") else 0.45
     model, report = prune(contract_model(model_type), ids,
-                          PruneConfig(ratio=0.45, allocation="global", intercept=True), progress=False)
+                          PruneConfig(ratio=ratio, allocation="global", intercept=True), progress=False)
     assert any(s.num_heads < 4 for s in report.shapes)
     expected = model_output(model, ids)
     out = save_pruned(model, None, tmp_path / model_type, report)

@@ -80,6 +80,23 @@ def test_auto_decides_per_module_kind(tmp_path) -> None:
     assert config["model_type"] == "qwen3" and config["attention_bias"] and "auto_map" not in config
 
 
+@pytest.mark.parametrize("model_type, fields", [
+    ("ernie4_5", {"ratio": 0.2}),  # one flag for every bias; at 20 % no head goes, so no o_proj was fitted
+    ("internlm3", {"ratio": 0.2}),
+])
+def test_auto_output_is_stock_when_some_modules_fit_no_intercept(model_type: str, fields: dict, tmp_path) -> None:
+    """The modules auto allowed an intercept but that reconstruction left alone get zero biases, so the
+    checkpoint is the stock one auto planned for, with the same outputs."""
+    model, record = pruned(model_type, **fields)
+    assert any(record.intercepts.values())
+    expected = model_output(model, IDS)
+    out = save_pruned(model, None, tmp_path / "out", record)
+    assert RunRecord.read(out).plain_transformers, saved_config(out).get("reprune_manifest")
+    assert "auto_map" not in saved_config(out) and not (out / REMOTE_FILE).exists()
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(out)
+    torch.testing.assert_close(model_output(loaded, IDS), expected, rtol=0, atol=1e-6)
+
+
 def test_the_intercept_can_still_be_asked_for_with_remote_code(tmp_path) -> None:
     model, record = pruned("qwen3", intercept=True)
     assert record.intercepts == {"attention": True, "ffn": True}
@@ -93,7 +110,7 @@ def test_the_intercept_can_still_be_asked_for_with_remote_code(tmp_path) -> None
 def test_auto_fits_intercepts_where_the_model_needs_remote_code_anyway(tmp_path) -> None:
     """A per-layer-sized checkpoint (global allocation) is not stock before it is pruned again: a bias costs
     nothing there, so auto fits every intercept."""
-    model, record = pruned("qwen3", allocation="global", intercept=False)
+    model, record = pruned("qwen3", allocation="global", intercept=False, multiple_of=1)
     assert len({shape for shape in record.shapes}) > 1
     again = load(save_pruned(model, None, tmp_path / "global", record))
     _, record = prune(again, IDS, PruneConfig(ratio=0.2, reconstruction="liar", batch_size=8), progress=False)

@@ -32,7 +32,7 @@ from reprune.record import CalibrationInfo, LayerRecord, ParameterCounts, RunRec
 from reprune.recovery import RecoveryInput
 from reprune.scoring import Scores, check_scores, score_dense_model
 from reprune.stats import ModuleStats
-from reprune.stock import resolve_intercepts
+from reprune.stock import complete_level2_biases, resolve_intercepts
 from reprune.surgery import shrink_experts, shrink_module
 
 
@@ -79,6 +79,7 @@ def prune(model: nn.Module, calibration: Calibration = "wiki-embedded", config: 
     selection_scores = scores if config.score_on == "dense" else None
     for index in tqdm(range(plan.num_blocks), desc="pruning blocks", disable=not progress):
         layers += prune_block(adapter, plan, index, counts, pruned, dense, generator, device, selection_scores)
+    complete_level2_biases(model, plan)
 
     record = RunRecord(
         config=config, model_type=model.config.model_type, architecture=type(model).__name__,

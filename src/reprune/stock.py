@@ -243,6 +243,26 @@ def resolve_intercepts(plan: Plan, model: nn.Module) -> Plan:
     return dataclasses.replace(plan, intercepts={kind: kind in chosen for kind in plan.kinds})
 
 
+def complete_level2_biases(model: nn.Module, plan: Plan) -> None:
+    """Zero level-2 biases (with the partners the config's flag implies) for every module of the kinds
+    ``intercept="auto"`` allowed one but reconstruction left without (e.g. attention that lost no head), if
+    that makes the pruned model the stock one :func:`resolve_intercepts` probed; otherwise (per-layer sizes,
+    say) the model is left as it was. A zero bias changes no output."""
+    kinds = {kind for kind, allowed in plan.intercepts.items() if allowed}
+    if plan.config.intercept != "auto" or not kinds or stock_form(model) is not None:
+        return
+    adapter = get_adapter(model)
+    modules = [module for index in range(len(adapter.blocks())) for module in adapter.depth2_modules(index)
+               if module.kind in kinds and module.moe is None and module.level2.bias() is None]
+    originals = [(proj.parent, proj.name, proj.module) for module in modules
+                 for proj in [module.level2] + [part.projection for part in module.level1]]
+    for module in modules:
+        give_level2_bias(adapter, module)
+    if stock_form(model) is None:
+        for parent, name, original in originals:
+            setattr(parent, name, original)
+
+
 def with_level2_biases(model: nn.Module, kinds: set[ModuleKind]) -> nn.Module:
     """A meta-device copy of ``model`` whose level-2 layers of the given kinds have biases, as reconstruction
     would leave them."""
@@ -271,5 +291,5 @@ def give_level2_bias(adapter: ModelAdapter, module: Depth2Module) -> None:
         return
     weight = module.level2.weight()
     if module.level2.bias() is None:
-        module.level2.replace(weight, torch.zeros(weight.shape[0], dtype=weight.dtype))
+        module.level2.replace(weight, torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device))
     adapter.materialise_bias_partners(module)

@@ -86,4 +86,4 @@ class LlamaAdapter(ModelAdapter):
         for part in module.level1:
             if part.projection.bias() is None:
                 weight = part.projection.weight()
-                part.projection.replace(weight, torch.zeros(weight.shape[0], dtype=weight.dtype))
+                part.projection.replace(weight, torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device))
