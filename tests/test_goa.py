@@ -277,7 +277,7 @@ def test_self_generated_ids_refuse_encoders() -> None:
 # --- presets -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("preset", "options"), [("goa", {}), ("goa", {"tau": 0.3}), ("liar", {})])
+@pytest.mark.parametrize(("preset", "options"), [("goa", {}), ("goa", {"tau": 0.3}), ("liar", {}), ("reprune", {})])
 def test_preset_prunes_a_tiny_gqa_llama(preset: str, options: dict) -> None:
     model = tiny_model("llama")
     before = sum(p.numel() for p in model.parameters())

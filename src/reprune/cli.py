@@ -10,6 +10,7 @@ from reprune.adapters import UnsupportedArchitectureError
 from reprune.config import INTERCEPTS, PruneConfig
 from reprune.criteria import CRITERIA
 from reprune.data import CorpusError
+from reprune.presets import PRESETS, preset_config
 from reprune.reconstruction import RECONSTRUCTIONS
 from reprune.recovery import RECOVERIES
 
@@ -17,7 +18,8 @@ def _add_prune_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model folder, .gguf file, or 'smollm2' / 'gemma3' / 'minilm' (bundled)")
     parser.add_argument("--out", required=True, help="output folder (written atomically)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    parser.add_argument("--method", choices=["goa", "liar"], help="a paper's full configuration (overridable)")
+    parser.add_argument("--method", choices=sorted(PRESETS),
+                        help="a named configuration: a paper's (goa, liar) or reprune's best measured (overridable)")
     parser.add_argument("--ratio", type=float, default=0.3, help="fraction of prunable parameters to remove")
     parser.add_argument("--criterion", choices=CRITERIA.names(), help="unit scores (default flap)")
     parser.add_argument("--attention-criterion", choices=CRITERIA.names())
@@ -69,8 +71,6 @@ def build_config(args: argparse.Namespace) -> PruneConfig:
     if args.tau is not None:
         overrides["criterion_options"] = {"tau": args.tau}
     if args.method:
-        from reprune.presets import preset_config
-
         return preset_config(args.method, **overrides)
     return PruneConfig(**overrides)
 

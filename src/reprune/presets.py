@@ -23,6 +23,10 @@ LLMs Without Retraining", arXiv 2407.19126 (CPAL 2025):
 - ``allocation="uniform"``: the same fraction of heads and neurons in every block; no block kept dense.
 - ``num_samples=128``, ``seq_len=128``: 128 calibration samples of 128 tokens.
 
+``reprune`` — this toolkit's best measured combination (benchmarks/README.md, "flap and global allocation as
+FLAP's code, and the obs criterion"): heads chosen by ``obs`` (greedy structured OBS: the head whose removal
+LIAR repairs worst goes last), neurons by ``flap``, LIAR reconstruction, uniform allocation.
+
 Any field can still be overridden: ``preset_config("goa", ratio=0.5, criterion_options={"tau": 0.1})``.
 """
 
@@ -50,6 +54,19 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "liar": {  # LIAR, arXiv 2407.13331
         "criterion": "flap",
+        "reconstruction": "liar",
+        "alpha": 1e-2,
+        "recovery": "none",
+        "allocation": "uniform",
+        "keep_first": 0,
+        "keep_last": 0,
+        "num_samples": 128,
+        "seq_len": 128,
+    },
+    "reprune": {  # benchmarks/README.md: obs heads beat flap heads under LIAR, uniform, at 20 % and 50 %
+        "criterion": "flap",
+        "attention_criterion": "obs",
+        "ffn_criterion": "flap",
         "reconstruction": "liar",
         "alpha": 1e-2,
         "recovery": "none",
