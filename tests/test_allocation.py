@@ -107,6 +107,27 @@ def test_global_allocation_needs_scores():
         allocate(budgets, 0.3, "global", {b.key for b in budgets}, None)
 
 
+def test_global_ranks_comparable_scores_as_they_are():
+    """Block 0's scores are all below block 1's: unstandardised, block 0 loses every neuron it may before block 1
+    loses one; standardised, the two layers look alike and share the removals."""
+    budgets = budgets_of(tiny_model("opt"))
+    eligible = {b.key for b in budgets if b.kind == "ffn"}
+    ramp = {b.key: torch.linspace(0.0, 1.0, b.num_units) + (10.0 * b.block) for b in budgets}
+    raw = allocate(budgets, 0.1, "global", eligible, ramp, standardise=False)
+    shared = allocate(budgets, 0.1, "global", eligible, ramp)
+    first, second = (b for b in budgets if b.key in eligible)
+    assert raw[second.key] == 0 < raw[first.key]
+    assert abs(shared[first.key] - shared[second.key]) <= 1
+
+
+def test_obs_alone_makes_scores_comparable():
+    """Global allocation standardises unless every pruned kind's criterion says its scores compare across layers."""
+    assert PruneConfig(criterion="obs").resolve(2).comparable_scores
+    assert PruneConfig(criterion="obs", targets="attention").resolve(2).comparable_scores
+    assert not PruneConfig(attention_criterion="obs", ffn_criterion="flap").resolve(2).comparable_scores
+    assert PruneConfig(attention_criterion="obs", ffn_criterion="flap", targets="attention").resolve(2).comparable_scores
+
+
 def test_unit_cost_matches_real_parameter_count():
     """Parameters per unit, as allocation counts them, are those that surgery really removes (OLMo-2's q/k
     rows of a removed head stay, for the norm)."""

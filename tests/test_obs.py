@@ -80,3 +80,24 @@ def test_against_flap_and_the_brute_force_optimum(units: int, width: int) -> Non
           f"greedy/optimum median {sorted(gaps)[len(gaps) // 2]:.4f} max {max(gaps):.4f}")
     assert beaten >= 0.95 * cases and worst_vs_flap < 1.01
     assert max(gaps) < 1.5
+
+
+def test_global_obs_prunes_by_unstandardised_relative_errors() -> None:
+    """Wiring: global allocation with ``obs`` for both kinds removes the counts that its raw scores give."""
+    from reprune import PruneConfig, prune
+    from reprune.adapters import get_adapter
+    from reprune.allocation import allocate, module_budget
+    from reprune.pipeline import global_scores
+    from tiny_models import calibration_batch, tiny_model
+
+    config = PruneConfig(ratio=0.3, criterion="obs", allocation="global", multiple_of=1, num_samples=8, seq_len=16)
+    ids = calibration_batch(config.num_samples, config.seq_len)
+    model = tiny_model("llama")
+    adapter = get_adapter(model)
+    budgets = [module_budget(m, config.gqa_mode) for i in range(len(adapter.blocks())) for m in adapter.depth2_modules(i)]
+    scores = global_scores(model, ids, config)
+    eligible = {b.key for b in budgets}
+    raw = allocate(budgets, config.ratio, "global", eligible, scores, standardise=False)
+    assert raw != allocate(budgets, config.ratio, "global", eligible, scores)  # the test can tell them apart
+    _, record = prune(model, ids, config, progress=False)
+    assert {(r.block, r.kind): r.units_before - r.units_after for r in record.layers} == raw

@@ -3,7 +3,9 @@
 The ratio is of the parameters of the prunable projections (attention + FFN). ``uniform`` removes the
 same number of heads and of neurons in every pruned block (FLAP's UL-UM); ``global`` standardises each
 module's scores per layer and removes the lowest units of the whole model, weighting each unit by the
-parameters it removes (AL-AM). GQA: heads go either in whole KV groups (``gqa_mode='group'``) or as the
+parameters it removes (AL-AM). Scores that already compare across layers (``standardise=False``, e.g.
+``obs``'s relative output errors) are ranked as they are: a threshold t then removes, in every module, the
+units whose removal leaves a relative error of at most t. GQA: heads go either in whole KV groups (``gqa_mode='group'``) or as the
 same number of query heads from every group (``'query'``), so query heads still map evenly to KV heads.
 
 Kept widths are multiples of ``multiple_of`` inner channels (FFN neurons; a head's ``head_dim`` channels,
@@ -23,6 +25,7 @@ import torch
 from torch import nn
 
 from reprune.adapters import Depth2Module, ModelAdapter
+from reprune.criteria import unit_scores
 
 AllocationMode = Literal["uniform", "global"]
 GqaMode = Literal["query", "group"]
@@ -133,8 +136,10 @@ def allocate(
     mode: AllocationMode,
     eligible: set[tuple[int, str]],
     scores: dict[tuple[int, str], torch.Tensor] | None = None,
+    standardise: bool = True,
 ) -> dict[tuple[int, str], int]:
-    """Number of units to remove per module so that ``ratio`` of all prunable parameters go."""
+    """Number of units to remove per module so that ``ratio`` of all prunable parameters go (``global``:
+    ranked by ``scores``, each layer's standardised first unless ``standardise`` is False)."""
     check_ratio(ratio)
     total = sum(b.total_params for b in budgets)
     target = ratio * total
@@ -154,7 +159,9 @@ def allocate(
     if mode == "global":
         if scores is None:
             raise ValueError("global allocation needs the scores of every module")
-        return _global(pool, target, counts, scores)
+        ranked = {b.key: standardised(scores[b.key]) if standardise else unit_scores(scores[b.key]).to(torch.float64)
+                  for b in pool}
+        return _global(pool, target, counts, ranked)
     raise ValueError(f"Unknown allocation {mode!r}; choose 'uniform' or 'global'")
 
 
@@ -186,9 +193,10 @@ def standardised(scores: torch.Tensor) -> torch.Tensor:
 
 def _global(pool: list[ModuleBudget], target: float, counts: dict,
             scores: dict[tuple[int, str], torch.Tensor]) -> dict[tuple[int, str], int]:
+    """Remove the lowest-ranked units of the pool (``scores``: one per unit, comparable across modules)."""
     ranked: list[tuple[float, ModuleBudget]] = []
     for b in pool:
-        ranked.extend((float(v), b) for v in standardised(scores[b.key]))
+        ranked.extend((float(v), b) for v in scores[b.key])
     ranked.sort(key=lambda item: item[0])
     has_ffn = any(b.kind == "ffn" for b in pool)
     removable: list[ModuleBudget] = []  # in rank order, each module's units up to its max_remove

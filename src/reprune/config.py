@@ -133,6 +133,12 @@ class Plan:
         return self.criteria[kind].needs | self.reconstruction.needs
 
     @property
+    def comparable_scores(self) -> bool:
+        """Whether every pruned kind's criterion scores compare across layers as they are (global allocation
+        then ranks them unstandardised; one criterion that does not makes all be standardised per layer)."""
+        return all(self.criteria[kind].comparable for kind in self.kinds)
+
+    @property
     def two_path(self) -> bool:
         """Whether the dense model's activations are propagated beside the pruned ones."""
         return self.recovery.two_path or any(self.needs(kind) & TWO_PATH_STATISTICS for kind in self.kinds)

@@ -73,7 +73,8 @@ def prune(model: nn.Module, calibration: Calibration = "wiki-embedded", config: 
     if scores is None and (config.allocation == "global" or config.score_on == "dense") and config.ratio > 0:
         scores = score_dense_model(adapter, acts, plan, generator, device, progress)
     budgets = [module_budget(m, config.gqa_mode, config.multiple_of) for i in range(plan.num_blocks) for m in adapter.depth2_modules(i)]
-    counts = allocate(budgets, config.ratio, config.allocation, plan.eligible, scores)
+    counts = allocate(budgets, config.ratio, config.allocation, plan.eligible, scores,
+                      standardise=not plan.comparable_scores)
 
     layers: list[LayerRecord] = []
     selection_scores = scores if config.score_on == "dense" else None

@@ -35,22 +35,26 @@ class Criterion:
     description: str = ""
     kinds: frozenset[ModuleKind] = ALL_KINDS  # module kinds the criterion can score
     count: CountFn | None = None
+    # scores already compare across layers (e.g. a relative output error): global allocation ranks them as
+    # they are, instead of standardising each layer's as FLAP does
+    comparable: bool = False
 
 
 CRITERIA: Registry[Criterion] = Registry("criterion")
 
 
 def register(name: str, needs: set[str] | None = None, description: str = "", kinds: set[ModuleKind] | None = None,
-             count: CountFn | None = None) -> Callable[[ScoreFn], ScoreFn]:
+             count: CountFn | None = None, comparable: bool = False) -> Callable[[ScoreFn], ScoreFn]:
     """Decorator adding a score function to the registry under ``name``.
 
-    ``kinds`` limits it to attention or FFN modules; ``count`` lets it choose how many units go.
+    ``kinds`` limits it to attention or FFN modules; ``count`` lets it choose how many units go;
+    ``comparable``: its scores mean the same in every layer, so global allocation ranks them unstandardised.
     """
 
     def wrap(fn: ScoreFn) -> ScoreFn:
         CRITERIA.add(Criterion(name, fn, declared_statistics(needs or (), f"criterion {name!r}"),
                                description or (fn.__doc__ or "").strip(),
-                               frozenset(kinds) if kinds else ALL_KINDS, count))
+                               frozenset(kinds) if kinds else ALL_KINDS, count, comparable))
         return fn
 
     return wrap

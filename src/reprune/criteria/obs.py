@@ -8,7 +8,8 @@ removed set m, the output error left is the Schur complement form
 (ZipLM, SlimGPT). With P = (Σ + λI)⁻¹ over the kept channels, removing unit c next adds
 tr(W_cᵀ (P_cc)⁻¹ W_c); afterwards W ← W − P_{:,c} P_cc⁻¹ W_c and P ← P − P_{:,c} P_cc⁻¹ P_{c,:}. The
 elimination runs until no unit is left; a unit's score is the accumulated error when it went, divided by
-the layer's output energy tr(Wᵀ Σ W) so that layers compare. Σ is the covariance of the level-2 input (LIAR
+the layer's output energy tr(Wᵀ Σ W): a relative error, which means the same in every layer, so global
+allocation ranks it across layers as it is (when every pruned kind is scored by ``obs``). Σ is the covariance of the level-2 input (LIAR
 fits an intercept), λ = 1e-2 · mean diag Σ (LIAR's default ridge). GQA: rounds of one query head per KV
 group, so the query heads kept in every group are the greedy's; ``gqa_mode='group'`` sums these scores.
 """
@@ -65,7 +66,7 @@ def elimination(sigma: torch.Tensor, weight: torch.Tensor, width: int, groups: l
     return order, increments
 
 
-@register("obs", needs={"level2_in"},
+@register("obs", needs={"level2_in"}, comparable=True,
           description="greedy structured OBS: the error LIAR leaves (Schur complement), units removed one by one")
 def obs_score(module: Depth2Module, stats: ModuleStats, generator: torch.Generator) -> torch.Tensor:
     sigma = regularised_covariance(stats)
