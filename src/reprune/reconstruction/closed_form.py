@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from reprune.linalg import solve_ridge
@@ -25,25 +27,31 @@ def bias_compensation(inp: ReconstructionInput) -> Result:
     return w[inp.kept], inp.bias + w[inp.removed].T @ mu[inp.removed]
 
 
-def liar_interpolation(inp: ReconstructionInput) -> tuple[torch.Tensor, torch.Tensor | None]:
+QSolver = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (Σ, kept, removed) -> Q
+
+
+def liar_interpolation(inp: ReconstructionInput, solve: QSolver | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """LIAR's Q and c: X_m ≈ X_u Q + 1 cᵀ by ridge least squares on centred statistics; without an intercept
-    X_m ≈ X_u Q on the uncentred second moments E[x xᵀ], and no c."""
+    X_m ≈ X_u Q on the uncentred second moments E[x xᵀ], and no c. ``solve`` replaces the fixed-α ridge."""
     moments = inp.stats.level2_in
     gram = moments.covariance if inp.intercept else moments.second_moment
     u, m = inp.kept.to(gram.device), inp.removed.to(gram.device)
-    q = solve_ridge(gram[u][:, u], gram[u][:, m], inp.alpha, where=inp.module.name)
+    if solve is None:
+        q = solve_ridge(gram[u][:, u], gram[u][:, m], inp.alpha, where=inp.module.name)
+    else:
+        q = solve(gram, u, m)
     if not inp.intercept:
         return q, None
     mu = moments.mean
     return q, mu[m] - q.T @ mu[u]
 
 
-def liar_weights(inp: ReconstructionInput) -> Result:
+def liar_weights(inp: ReconstructionInput, solve: QSolver | None = None) -> Result:
     w = inp.weight
     bias = inp.bias if inp.intercept else None  # no intercept: the layer has no bias and gets none
     if inp.removed.numel() == 0:
         return w[inp.kept], bias
-    q, c = liar_interpolation(inp)
+    q, c = liar_interpolation(inp, solve)
     w_m = w[inp.removed]
     return w[inp.kept] + q @ w_m, None if c is None else inp.bias + w_m.T @ c
 
