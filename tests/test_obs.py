@@ -101,3 +101,19 @@ def test_global_obs_prunes_by_unstandardised_relative_errors() -> None:
     assert raw != allocate(budgets, config.ratio, "global", eligible, scores)  # the test can tell them apart
     _, record = prune(model, ids, config, progress=False)
     assert {(r.block, r.kind): r.units_before - r.units_after for r in record.layers} == raw
+
+
+@pytest.mark.parametrize("allocation", ["uniform", "global"])
+def test_obs_flap_is_obs_heads_and_flap_neurons(allocation: str) -> None:
+    """The one-name pair prunes exactly as attention_criterion='obs' with ffn_criterion='flap'."""
+    from reprune import PruneConfig, prune
+    from tiny_models import calibration_batch, tiny_model
+
+    ids = calibration_batch(8, 16)
+    kept = []
+    for names in ({"criterion": "obs-flap"}, {"attention_criterion": "obs", "ffn_criterion": "flap"}):
+        config = PruneConfig(ratio=0.4, allocation=allocation, multiple_of=1, num_samples=8, seq_len=16, **names)
+        _, record = prune(tiny_model("llama"), ids, config, progress=False)
+        kept.append([(r.block, r.kind, r.kept_units) for r in record.layers])
+    assert kept[0] == kept[1]
+    assert {kind for _, kind, units in kept[0] if units} == {"attention", "ffn"}

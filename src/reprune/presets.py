@@ -24,7 +24,7 @@ LLMs Without Retraining", arXiv 2407.19126 (CPAL 2025):
 - ``num_samples=128``, ``seq_len=128``: 128 calibration samples of 128 tokens.
 
 ``reprune`` — this toolkit's best measured combination (benchmarks/README.md, "flap and global allocation as
-FLAP's code, and the obs criterion"): heads chosen by ``obs`` (greedy structured OBS: the head whose removal
+FLAP's code, and the obs criterion"): ``criterion="obs-flap"``, heads chosen by ``obs`` (greedy structured OBS: the head whose removal
 LIAR repairs worst goes last), neurons by ``flap``, LIAR reconstruction, uniform allocation.
 
 Any field can still be overridden: ``preset_config("goa", ratio=0.5, criterion_options={"tau": 0.1})``.
@@ -64,9 +64,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "seq_len": 128,
     },
     "reprune": {  # benchmarks/README.md: obs heads beat flap heads under LIAR, uniform, at 20 % and 50 %
-        "criterion": "flap",
-        "attention_criterion": "obs",
-        "ffn_criterion": "flap",
+        "criterion": "obs-flap",
         "reconstruction": "liar",
         "alpha": 1e-2,
         "recovery": "none",
