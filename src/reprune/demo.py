@@ -50,7 +50,7 @@ def _measure(model: torch.nn.Module, tokenizer, text: str, folder: Path, device:
             "decode": speed["decode_tokens_per_s"]}
 
 
-BASELINE = "bias"  # FLAP's compensation: what FLAP-style pruning gives, shown beside reprune's default
+BASELINE = "bias"  # FLAP's compensation: with the flap criterion, what FLAP-style pruning gives, beside reprune's default
 ROWS = [("perplexity", "ppl", "{:.2f}"), ("parameters", "params", "{:,}"), ("size on disk (MiB)", "mb", "{:.1f}"),
         ("prefill tokens/s", "prefill", "{:.0f}"), ("decode tokens/s", "decode", "{:.1f}")]
 
@@ -74,8 +74,8 @@ def _print_table(columns: dict[str, dict[str, float]]) -> None:
 
 def run_demo(ratio: float = 0.3, reconstruction: str = PruneConfig.reconstruction, out: str | Path = "runs/demo-smollm2",
              device: str | None = None) -> dict[str, dict[str, float]]:
-    """Prune SmolLM2-135M by ``ratio`` twice, with FLAP's bias compensation and with ``reconstruction``
-    (reprune's default), and print dense and both side by side; returns the numbers.
+    """Prune SmolLM2-135M by ``ratio`` twice, FLAP-style (flap + bias compensation) and with reprune's
+    default criterion and ``reconstruction``, and print dense and both side by side; returns the numbers.
 
     The ``reconstruction`` checkpoint is saved to ``out``, which is replaced only if it holds a previous
     reprune checkpoint (e.g. an earlier demo); the bias one lives in a temporary folder while measured."""
@@ -85,19 +85,21 @@ def run_demo(ratio: float = 0.3, reconstruction: str = PruneConfig.reconstructio
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     articles = load_corpus("wiki-embedded")
     text, text_name = _evaluation_text(articles)
-    config = PruneConfig(ratio=ratio, criterion="flap", reconstruction=reconstruction, num_samples=64,
-                         seq_len=128, device=device)
+    config = PruneConfig(ratio=ratio, reconstruction=reconstruction, num_samples=64, seq_len=128, device=device)
+    flap_style = replace(config, criterion="flap", attention_criterion=None, ffn_criterion=None,
+                         reconstruction=BASELINE)
     ids = calibration_ids(tokenizer, articles[:-HELD_OUT_ARTICLES], config.num_samples, config.seq_len, config.seed)
 
     dense = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, trust_remote_code=False)
     columns = {"dense": _measure(dense, tokenizer, text, folder, device)}
     with tempfile.TemporaryDirectory(prefix="reprune-demo-") as scratch:
         columns[f"flap + {BASELINE} (FLAP)"], _, _ = _pruned_and_measured(
-            dense, ids, replace(config, reconstruction=BASELINE), tokenizer, text, Path(scratch) / "bias", device)
-    columns[f"flap + {reconstruction} (reprune)"], record, saved = _pruned_and_measured(
+            dense, ids, flap_style, tokenizer, text, Path(scratch) / "bias", device)
+    columns[f"{config.criterion} + {reconstruction} (reprune)"], record, saved = _pruned_and_measured(
         dense, ids, config, tokenizer, text, Path(out), device)
 
-    print(f"\nPruned {record.parameters.ratio_prunable:.1%} of attention+FFN parameters (uniform, flap criterion), "
+    print(f"\nPruned {record.parameters.ratio_prunable:.1%} of attention+FFN parameters (uniform, "
+          f"{config.criterion} criterion), "
           f"{config.num_samples}×{config.seq_len} calibration tokens of embedded Wikipedia, "
           f"{record.timings.total_seconds:.1f} s for the {reconstruction} run; saved to {saved}")
     print(f"Perplexity on {text_name}, first {EVAL_WINDOWS} windows of {EVAL_SEQ_LEN} tokens; speed at batch 1 (median of {SPEED_REPEATS}), "
