@@ -100,7 +100,7 @@ def test_global_obs_prunes_by_unstandardised_relative_errors() -> None:
     raw = allocate(budgets, config.ratio, "global", eligible, scores, standardise=False)
     assert raw != allocate(budgets, config.ratio, "global", eligible, scores)  # the test can tell them apart
     _, record = prune(model, ids, config, progress=False)
-    assert {(r.block, r.kind): r.units_before - r.units_after for r in record.layers} == raw
+    assert {(r.block, r.kind): r.units_before - r.units_after for r in record.layers} == {k: v for k, v in raw.items() if v}
 
 
 @pytest.mark.parametrize("allocation", ["uniform", "global"])
@@ -116,4 +116,14 @@ def test_obs_flap_is_obs_heads_and_flap_neurons(allocation: str) -> None:
         _, record = prune(tiny_model("llama"), ids, config, progress=False)
         kept.append([(r.block, r.kind, r.kept_units) for r in record.layers])
     assert kept[0] == kept[1]
-    assert {kind for _, kind, units in kept[0] if units} == {"attention", "ffn"}
+    assert {kind for _, kind, _ in kept[0]} == {"attention", "ffn"}
+
+
+def test_obs_flap_resolves_to_its_part_per_kind() -> None:
+    """Each kind reads its own part's statistics (flap's neurons no full Gram) and comparability."""
+    from reprune import PruneConfig
+
+    plan = PruneConfig(criterion="obs-flap", reconstruction="bias").resolve(2)
+    assert (plan.criteria["attention"].name, plan.criteria["ffn"].name) == ("obs", "flap")
+    assert plan.criteria["ffn"].needs == {"level2_diag"} and not plan.comparable_scores
+    assert PruneConfig(criterion="obs-flap", targets="attention").resolve(2).comparable_scores

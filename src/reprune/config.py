@@ -85,7 +85,7 @@ class PruneConfig:
         if config.targets not in TARGET_KINDS:
             raise ValueError(f"targets must be 'both', 'attention' or 'ffn', not {config.targets!r}")
         kinds = TARGET_KINDS[config.targets]
-        criteria = {kind: CRITERIA.get(config.criterion_for(kind)) for kind in ("attention", "ffn")}
+        criteria = {kind: CRITERIA.get(config.criterion_for(kind)).for_kind(kind) for kind in ("attention", "ffn")}
         for kind in kinds:
             if kind not in criteria[kind].kinds:
                 option = "attention_criterion" if kind == "attention" else "ffn_criterion"

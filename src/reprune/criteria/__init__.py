@@ -38,6 +38,15 @@ class Criterion:
     # scores already compare across layers (e.g. a relative output error): global allocation ranks them as
     # they are, instead of standardising each layer's as FLAP does
     comparable: bool = False
+    # a pair (attention criterion, FFN criterion) under one name: the plan resolves each kind to its part,
+    # so each kind reads only its part's statistics (see :func:`register_pair`)
+    parts: tuple[str, str] | None = None
+
+    def for_kind(self, kind: ModuleKind) -> Criterion:
+        """The criterion that scores ``kind`` units: this one, or for a pair its part for that kind."""
+        if self.parts is None:
+            return self
+        return CRITERIA.get(self.parts[0] if kind == "attention" else self.parts[1])
 
 
 CRITERIA: Registry[Criterion] = Registry("criterion")
@@ -58,6 +67,16 @@ def register(name: str, needs: set[str] | None = None, description: str = "", ki
         return fn
 
     return wrap
+
+
+def register_pair(name: str, attention: str, ffn: str, description: str) -> None:
+    """Register ``name`` for heads scored by ``attention`` and neurons by ``ffn`` (both registered already)."""
+    parts = (CRITERIA.get(attention), CRITERIA.get(ffn))
+
+    def score(module: Depth2Module, stats: ModuleStats, generator: torch.Generator) -> torch.Tensor:
+        return parts[0 if module.kind == "attention" else 1].score(module, stats, generator)
+
+    CRITERIA.add(Criterion(name, score, parts[0].needs | parts[1].needs, description, parts=(attention, ffn)))
 
 
 def per_unit(module: Depth2Module, per_channel: torch.Tensor) -> torch.Tensor:
@@ -89,4 +108,4 @@ def level2_weight(module: Depth2Module) -> torch.Tensor:
 
 import_submodules(__name__, __path__)
 
-__all__ = ["CRITERIA", "Criterion", "per_unit", "register", "unit_scores"]
+__all__ = ["CRITERIA", "Criterion", "per_unit", "register", "register_pair", "unit_scores"]

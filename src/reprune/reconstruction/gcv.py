@@ -34,7 +34,8 @@ def gcv_curve(sigma: torch.Tensor, kept: torch.Tensor, removed: torch.Tensor, w_
     shrink = s.unsqueeze(0) + lams.unsqueeze(1)  # (grid, |u|)
     rss = energy - (b * (2.0 / shrink - s / shrink.pow(2))).sum(1)
     df = (s / shrink).sum(1) + extra_df
-    gcv = rss.clamp_min(0.0) / (1.0 - df / rows).clamp_min(1e-12).pow(2)
+    dof_left = 1.0 - df / rows
+    gcv = torch.where(dof_left > 0, rss.clamp_min(0.0) / dof_left.clamp_min(1e-12).pow(2), torch.inf)
     return lams, gcv, s, v
 
 
