@@ -124,9 +124,9 @@ def test_multiple_of_one_reproduces_the_exact_widths_of_the_old_code(case: str) 
     family, allocation, gqa_mode = case.split("-")
     expected = json.loads(FIXTURE.read_text())[case]
     model = contract_model(family) if family == "mixtral" else tiny_model(family)
-    # intercept=True: the fixture's code fitted LIAR's intercept everywhere (before intercept="auto")
-    config = PruneConfig(ratio=0.3, allocation=allocation, gqa_mode=gqa_mode, reconstruction="liar", batch_size=8,
-                         multiple_of=1, intercept=True)
+    # flap: the fixture's criterion; intercept=True: its code fitted LIAR's intercept everywhere (before "auto")
+    config = PruneConfig(ratio=0.3, criterion="flap", allocation=allocation, gqa_mode=gqa_mode, reconstruction="liar",
+                         batch_size=8, multiple_of=1, intercept=True)
     model, record = prune(model, IDS, config, progress=False)
     assert [[layer.block, layer.kind, layer.expert, layer.kept_units] for layer in record.layers] == expected["kept"]
     assert record.parameters.prunable_after == expected["prunable_after"]
