@@ -96,11 +96,13 @@ def test_shortcut_propagation_equals_running_whole_blocks(model_type: str, metho
     fast, fast_record = run(model_type, criterion="wanda-sp", **method)
     slow, slow_record = run(model_type, criterion="wanda-sp", shortcuts=False, **method)
     assert [layer.kept_units for layer in fast_record.layers] == [layer.kept_units for layer in slow_record.layers]
-    for a, b in zip(fast_record.layers, slow_record.layers):
-        assert a.error == pytest.approx(b.error, rel=1e-4, abs=1e-7)
     # a recovery re-fits whole projections with a 1e-4 ridge, which magnifies the float32 rounding by which
-    # the two paths' block inputs differ (OLMo-2 with GOA: 1.6e-5 on logits of size 0.5)
-    atol = 5e-5 if method.get("recovery") else 1e-5
+    # the two paths' block inputs differ (OLMo-2 with GOA: 1.6e-5 on logits of size 0.5; ModernBERT with GOA:
+    # 1.2e-4 relative on a layer's error, on one machine's BLAS and not on another's)
+    recovery = bool(method.get("recovery"))
+    for a, b in zip(fast_record.layers, slow_record.layers):
+        assert a.error == pytest.approx(b.error, rel=1e-3 if recovery else 1e-4, abs=1e-7)
+    atol = 5e-5 if recovery else 1e-5
     torch.testing.assert_close(model_output(fast, IDS), model_output(slow, IDS), rtol=1e-4, atol=atol)
 
 
