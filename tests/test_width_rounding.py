@@ -112,10 +112,11 @@ def state_fingerprint(model: torch.nn.Module) -> dict[str, list[float]]:
 
 
 def assert_fingerprints_match(actual: dict[str, list[float]], expected: dict[str, list[float]]) -> None:
-    """Same tensors; each statistic within 1e-5 of the tensor's sum of |x| (rounding, not a changed weight)."""
+    """Same tensors; each statistic within 1e-4 of the tensor's sum of |x| (rounding, not a changed weight: a
+    BERT attention bias after LIAR's solve differed by 1.7e-5 of it between two machines on the same code)."""
     assert sorted(actual) == sorted(expected)
     for name, (total, magnitude, projection) in expected.items():
-        tolerance = 1e-5 * magnitude + 1e-9
+        tolerance = 1e-4 * magnitude + 1e-9
         assert actual[name] == pytest.approx([total, magnitude, projection], rel=0, abs=tolerance), name
 
 
