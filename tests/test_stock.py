@@ -110,7 +110,7 @@ def test_the_intercept_can_still_be_asked_for_with_remote_code(tmp_path) -> None
 def test_auto_fits_intercepts_where_the_model_needs_remote_code_anyway(tmp_path) -> None:
     """A per-layer-sized checkpoint (global allocation) is not stock before it is pruned again: a bias costs
     nothing there, so auto fits every intercept."""
-    model, record = pruned("qwen3", allocation="global", intercept=False, multiple_of=1)
+    model, record = pruned("qwen3", criterion="flap", allocation="global", intercept=False, multiple_of=1)
     assert len({shape for shape in record.shapes}) > 1
     again = load(save_pruned(model, None, tmp_path / "global", record))
     _, record = prune(again, IDS, PruneConfig(ratio=0.2, reconstruction="liar", batch_size=8), progress=False)

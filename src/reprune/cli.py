@@ -21,7 +21,7 @@ def _add_prune_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", choices=sorted(PRESETS),
                         help="a named configuration: a paper's (goa, liar) or reprune's best measured (overridable)")
     parser.add_argument("--ratio", type=float, default=0.3, help="fraction of prunable parameters to remove")
-    parser.add_argument("--criterion", choices=CRITERIA.names(), help="unit scores (default flap)")
+    parser.add_argument("--criterion", choices=CRITERIA.names(), help="unit scores (default obs-flap: heads by obs, neurons by flap)")
     parser.add_argument("--attention-criterion", choices=CRITERIA.names())
     parser.add_argument("--ffn-criterion", choices=CRITERIA.names())
     parser.add_argument("--reconstruct", choices=RECONSTRUCTIONS.names(), help="level-2 repair (default liar)")

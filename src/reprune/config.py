@@ -29,7 +29,7 @@ class PruneConfig:
     """Every setting of a pruning run; stored verbatim in the record and the checkpoint."""
 
     ratio: float = 0.3
-    criterion: str = "flap"
+    criterion: str = "obs-flap"  # the best measured (benchmarks/README.md): heads by obs, neurons by flap
     attention_criterion: str | None = None  # overrides ``criterion`` for heads
     ffn_criterion: str | None = None  # overrides ``criterion`` for neurons
     reconstruction: str = "liar"  # the best measured repair (benchmarks/README.md); "bias" is FLAP's
