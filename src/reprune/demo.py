@@ -66,10 +66,12 @@ def _pruned_and_measured(dense: torch.nn.Module, ids: torch.Tensor, config: Prun
 
 def _print_table(columns: dict[str, dict[str, float]]) -> None:
     names = list(columns)
-    print("| " + " | ".join([f"{'':20}"] + [f"{name:>22}" for name in names]) + " |")
-    print("|" + "|".join(["-" * 22] + ["-" * 24 for _ in names]) + "|")
+    widths = [max(22, len(name)) for name in names]
+    print("| " + " | ".join([f"{'':20}"] + [f"{name:>{w}}" for name, w in zip(names, widths)]) + " |")
+    print("|" + "|".join(["-" * 22] + ["-" * (w + 2) for w in widths]) + "|")
     for label, key, fmt in ROWS:
-        print("| " + " | ".join([f"{label:20}"] + [f"{fmt.format(columns[n][key]):>22}" for n in names]) + " |")
+        cells = [f"{fmt.format(columns[n][key]):>{w}}" for n, w in zip(names, widths)]
+        print("| " + " | ".join([f"{label:20}"] + cells) + " |")
 
 
 def run_demo(ratio: float = 0.3, reconstruction: str = PruneConfig.reconstruction, out: str | Path = "runs/demo-smollm2",
