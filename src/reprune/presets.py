@@ -25,7 +25,7 @@ LLMs Without Retraining", arXiv 2407.19126 (CPAL 2025):
 
 ``reprune`` — this toolkit's best measured combination (benchmarks/README.md, "flap and global allocation as
 FLAP's code, and the obs criterion"): ``criterion="obs-flap"``, heads chosen by ``obs`` (greedy structured OBS: the head whose removal
-LIAR repairs worst goes last), neurons by ``flap``, LIAR reconstruction, uniform allocation.
+LIAR repairs worst goes last), neurons by ``flap``; every other field is the ``liar`` preset's.
 
 Any field can still be overridden: ``preset_config("goa", ratio=0.5, criterion_options={"tau": 0.1})``.
 """
@@ -36,6 +36,18 @@ from dataclasses import fields
 from typing import Any
 
 from reprune.config import PruneConfig
+
+LIAR: dict[str, Any] = {  # LIAR, arXiv 2407.13331
+    "criterion": "flap",
+    "reconstruction": "liar",
+    "alpha": 1e-2,
+    "recovery": "none",
+    "allocation": "uniform",
+    "keep_first": 0,
+    "keep_last": 0,
+    "num_samples": 128,
+    "seq_len": 128,
+}
 
 PRESETS: dict[str, dict[str, Any]] = {
     "goa": {  # GOA, arXiv 2407.19126: see the module docstring for each field's source
@@ -52,28 +64,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "num_samples": 16,
         "seq_len": 128,
     },
-    "liar": {  # LIAR, arXiv 2407.13331
-        "criterion": "flap",
-        "reconstruction": "liar",
-        "alpha": 1e-2,
-        "recovery": "none",
-        "allocation": "uniform",
-        "keep_first": 0,
-        "keep_last": 0,
-        "num_samples": 128,
-        "seq_len": 128,
-    },
-    "reprune": {  # benchmarks/README.md: obs heads beat flap heads under LIAR, uniform, at 20 % and 50 %
-        "criterion": "obs-flap",
-        "reconstruction": "liar",
-        "alpha": 1e-2,
-        "recovery": "none",
-        "allocation": "uniform",
-        "keep_first": 0,
-        "keep_last": 0,
-        "num_samples": 128,
-        "seq_len": 128,
-    },
+    "liar": LIAR,
+    # benchmarks/README.md: obs heads beat flap heads under LIAR, uniform, at 20, 35 and 50 %
+    "reprune": {**LIAR, "criterion": "obs-flap"},
 }
 
 
