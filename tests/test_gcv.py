@@ -43,7 +43,7 @@ def test_curve_equals_its_definition() -> None:
         x = rows_of(model, 0, rows=120, offset=3.0 if centred else 0.0)
         z = x - x.mean(0) if centred else x
         sigma = z.T @ z / len(z)
-        lams, gcv, _, _ = gcv_curve(sigma, U, M, w_m, rows=len(x), extra_df=int(centred))
+        lams, gcv, *_ = gcv_curve(sigma, U, M, w_m, rows=len(x), extra_df=int(centred))
         for lam, value in zip(lams[::7], gcv[::7]):
             rss = (z[:, M] @ w_m - z[:, U] @ ridge(sigma, lam) @ w_m).pow(2).sum() / len(z)
             hat = z[:, U] @ torch.linalg.solve(z[:, U].T @ z[:, U] + len(z) * lam * torch.eye(KEPT, dtype=torch.float64),
@@ -56,7 +56,7 @@ def test_solver_is_the_ridge_solution_at_the_curves_minimum() -> None:
     model = layer_model(1)
     x = rows_of(model, 1, rows=60)
     sigma = x.T @ x / len(x)
-    lams, gcv, _, _ = gcv_curve(sigma, U, M, model[2], rows=len(x))
+    lams, gcv, *_ = gcv_curve(sigma, U, M, model[2], rows=len(x))
     best = int(torch.argmin(gcv))
     assert 0 < best < len(lams) - 1  # an interior minimum: the argmin is a real choice
     assert gcv[best] < gcv[0] and gcv[best] < gcv[-1]
@@ -78,13 +78,13 @@ def test_few_rows_get_nearly_the_best_ridge_on_fresh_rows() -> None:
 
         x = rows_of(model, seed, rows=48)
         sigma = x.T @ x / len(x)
-        lams, gcv, _, _ = gcv_curve(sigma, U, M, w_m, rows=len(x))
+        lams, gcv, *_ = gcv_curve(sigma, U, M, w_m, rows=len(x))
         errors = [held_out(ridge(sigma, lam)) for lam in lams]
         chosen = held_out(gcv_solver(w_m, len(x), 0)(sigma, U, M))
         near_best += chosen <= 1.1 * min(errors)
         beats_tiny += chosen < errors[0]
         chosen_few.append(int(torch.argmin(gcv)))
         x = rows_of(model, seed, rows=4000)
-        chosen_many.append(int(torch.argmin(gcv_curve(x.T @ x / len(x), U, M, w_m, rows=len(x))[1])))
+        chosen_many.append(int(torch.argmin(gcv_curve(x.T @ x / len(x), U, M, w_m, rows=len(x)).gcv)))
     assert near_best >= 8 and beats_tiny == 10
     assert sorted(chosen_many)[5] < sorted(chosen_few)[5]

@@ -14,6 +14,8 @@ the rows as independent; tokens of one sequence are not, so it errs toward too s
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from reprune.reconstruction import ReconstructionInput, Result, register
@@ -22,13 +24,27 @@ from reprune.reconstruction.closed_form import QSolver, liar_weights
 ALPHAS = torch.logspace(-6, 1, 29, dtype=torch.float64)  # λ / mean eigenvalue of Σ_uu, the grid GCV searches
 
 
+class GcvCurve(NamedTuple):
+    """GCV over the λ grid, with the eigendecomposition that priced it (reused for Q)."""
+
+    lams: torch.Tensor
+    gcv: torch.Tensor
+    eigenvalues: torch.Tensor  # S of Σ_uu = V S Vᵀ
+    eigenvectors: torch.Tensor  # V
+    projected: torch.Tensor  # Vᵀ Σ_um
+
+    def q_at(self, lam: torch.Tensor) -> torch.Tensor:
+        """Q = V (S + λ)⁻¹ Vᵀ Σ_um."""
+        return self.eigenvectors @ (self.projected / (self.eigenvalues + lam).unsqueeze(1))
+
+
 def gcv_curve(sigma: torch.Tensor, kept: torch.Tensor, removed: torch.Tensor, w_m: torch.Tensor, rows: int,
-              extra_df: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(λ grid, GCV(λ), eigenvalues, eigenvectors of Σ_uu) of the output-weighted regression of X_m on X_u."""
+              extra_df: int = 0) -> GcvCurve:
+    """GCV(λ) of the output-weighted regression of X_m on X_u."""
     s, v = torch.linalg.eigh(sigma[kept][:, kept])
     s = s.clamp_min(0.0)
-    sigma_um = sigma[kept][:, removed]
-    b = (v.T @ (sigma_um @ w_m)).pow(2).sum(1)
+    projected = v.T @ sigma[kept][:, removed]
+    b = (projected @ w_m).pow(2).sum(1)
     energy = (w_m * (sigma[removed][:, removed] @ w_m)).sum()
     lams = ALPHAS.to(s.device) * s.mean().clamp_min(1e-30)
     shrink = s.unsqueeze(0) + lams.unsqueeze(1)  # (grid, |u|)
@@ -36,17 +52,16 @@ def gcv_curve(sigma: torch.Tensor, kept: torch.Tensor, removed: torch.Tensor, w_
     df = (s / shrink).sum(1) + extra_df
     dof_left = 1.0 - df / rows
     gcv = torch.where(dof_left > 0, rss.clamp_min(0.0) / dof_left.clamp_min(1e-12).pow(2), torch.inf)
-    return lams, gcv, s, v
+    return GcvCurve(lams, gcv, s, v, projected)
 
 
 def gcv_solver(w_m: torch.Tensor, rows: int, extra_df: int) -> QSolver:
     """A Q solver for :func:`liar_weights`: the ridge of the grid with the least GCV, then Q from the same
-    eigendecomposition, Q = V (S + λ)⁻¹ Vᵀ Σ_um."""
+    eigendecomposition."""
 
     def solve(sigma: torch.Tensor, kept: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
-        lams, gcv, s, v = gcv_curve(sigma, kept, removed, w_m.to(sigma.device), rows, extra_df)
-        lam = lams[int(torch.argmin(gcv))]
-        return v @ ((v.T @ sigma[kept][:, removed]) / (s + lam).unsqueeze(1))
+        curve = gcv_curve(sigma, kept, removed, w_m.to(sigma.device), rows, extra_df)
+        return curve.q_at(curve.lams[int(torch.argmin(curve.gcv))])
 
     return solve
 
