@@ -103,3 +103,6 @@ def test_preset_fields_can_be_overridden_from_the_command_line() -> None:
     assert build_config(parse(base)).recovery_alpha == 1e-4  # the paper's ridge
     config = build_config(parse([*base, "--recovery-alpha", "0.01", "--num-samples", "64", "--reconstruct", "liar"]))
     assert (config.recovery_alpha, config.num_samples, config.reconstruction, config.recovery) == (0.01, 64, "liar", "goa")
+    assert (build_config(parse(base)).recovery_samples, build_config(parse(base)).keep_last) == (1024, 2)
+    config = build_config(parse([*base, "--recovery-samples", "128", "--heldout-samples", "0"]))
+    assert (config.recovery_samples, config.heldout_samples) == (128, 0)

@@ -9,7 +9,7 @@ import types
 import pytest
 import torch
 from scipy.spatial.distance import jensenshannon
-from tiny_models import calibration_batch, entered_path, model_output, tiny_model
+from tiny_models import calibration_batch, contract_model, entered_path, model_output, tiny_model
 from torch import nn
 
 from reprune.adapters import Depth2Module, Level1Part, Projection, get_adapter
@@ -67,6 +67,33 @@ def test_second_moment_free_needs_no_data_and_matches_white_inputs() -> None:
     x = torch.randn(200_000, 6, generator=generator, dtype=torch.float64)
     scores = CRITERIA.get("second-moment-free").score(module, ModuleStats(), generator)
     assert torch.allclose(scores, _monte_carlo_energy(module, x), rtol=0.03)
+
+
+@pytest.mark.parametrize("family", ["llama", "phi3"])  # Phi-3 fuses gate|up in one projection
+def test_gated_second_moment_forms_follow_their_formulas(family: str) -> None:
+    """paper: ‖W_D[:, j]‖⁴ (gᵀΣg)(uᵀΣu); code: ‖W_D[:, j]‖ silu(gᵀΣg)(uᵀΣu); product: ‖W_D[:, j]‖² (gᵀΣg)(uᵀΣu)."""
+    model = tiny_model(family) if family == "llama" else contract_model(family)
+    module = get_adapter(model).depth2_modules(0)[1]
+    assert module.gated
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(500, module.level1[0].projection.in_features, generator=generator, dtype=torch.float64) * 0.3
+    stats = ModuleStats(level1_in=Moments())
+    stats.level1_in.update(x)
+    sigma = stats.level1_in.second_moment
+    units = torch.arange(module.num_units)
+    gate_w, up_w = (p.projection.weight().detach().double()[module.level1_rows(p, units)] for p in module.level1)
+    gate, up = (((w @ sigma) * w).sum(1) for w in (gate_w, up_w))
+    out = module.level2.weight().detach().double().norm(dim=0)
+    expected = {"paper": out**4 * gate * up, "code": out * torch.nn.functional.silu(gate) * up,
+                "product": out**2 * gate * up}
+    for form, want in expected.items():
+        got = CRITERIA.get(f"second-moment-{form}").score(module, stats, generator)
+        assert torch.allclose(got, want, rtol=1e-10), form
+    ranks = {form: torch.argsort(want).tolist() for form, want in expected.items()}
+    assert len({tuple(r) for r in ranks.values()}) > 1, "the forms must rank these neurons differently"
+    default = CRITERIA.get("second-moment").score(module, stats, generator)
+    from reprune.criteria.second_moment import DEFAULT_FORM
+    assert torch.allclose(default, expected[DEFAULT_FORM])
 
 
 # --- Jensen–Shannon divergence -----------------------------------------------------------------
@@ -220,8 +247,11 @@ def _module_outputs(model: nn.Module, ids: torch.Tensor, block: int) -> dict[str
     return got
 
 
+@pytest.mark.parametrize("recovery", ["goa", "goa-current"])
 @pytest.mark.parametrize("family", ["llama", "opt"])
-def test_goa_recovery_reduces_module_error_after_earlier_pruning(family: str) -> None:
+def test_goa_recovery_reduces_module_error_after_earlier_pruning(family: str, recovery: str) -> None:
+    """The recovery lowers each module's error against the dense model, and the errors it reports are
+    those of the modules' outputs on its rows."""
     dense = tiny_model(family)
     ids = calibration_batch(32, 16)
     blocks = len(get_adapter(dense).blocks())
@@ -235,13 +265,14 @@ def test_goa_recovery_reduces_module_error_after_earlier_pruning(family: str) ->
     path, dense_path = CalibrationPath(adapter, acts), CalibrationPath(dense_adapter, dense_acts)
     path.enter(adapter.blocks()[1], 1)
     dense_path.enter(dense_adapter.blocks()[1], 1)
+    reported = {}
     for kind in ("attention", "ffn"):
         module = path.module(kind)
 
         def restat(needs: frozenset[str], module: Depth2Module = module) -> ModuleStats:
             return collect_module_stats(module, needs, path, dense_path)
 
-        RECOVERIES.get("goa").fn(RecoveryInput(module, dense_path.module(kind), 1e-4, restat))
+        reported[kind] = RECOVERIES.get(recovery).fn(RecoveryInput(module, dense_path.module(kind), 1e-4, restat))
 
     target = _module_outputs(dense, ids, 1)
     plain, fixed = _module_outputs(pruned, ids, 1), _module_outputs(recovered, ids, 1)
@@ -251,6 +282,9 @@ def test_goa_recovery_reduces_module_error_after_earlier_pruning(family: str) ->
         error_fixed = (fixed[kind] - target[kind]).pow(2).sum() / energy
         assert error_plain > 1e-4, "block 0's pruning must disturb block 1 for the test to mean anything"
         assert error_fixed < 0.7 * error_plain, kind
+        if kind == "attention":  # the FFN's "before" is measured after the attention was recovered
+            assert reported[kind].before == pytest.approx(error_plain.item(), rel=1e-4)
+        assert reported[kind].after == pytest.approx(error_fixed.item(), rel=1e-4)
 
 
 # --- self-generated calibration ----------------------------------------------------------------
@@ -285,9 +319,9 @@ def test_preset_prunes_a_tiny_gqa_llama(preset: str, options: dict) -> None:
     model, report = prune(model, calibration_batch(config.num_samples, config.seq_len), config, progress=False)
     assert sum(p.numel() for p in model.parameters()) < before
     assert torch.isfinite(model_output(model, calibration_batch(2, 8, seed=7))).all()
-    if preset == "goa":  # 4 + 1 kept blocks clipped to leave one of three to prune
-        assert (report.config.keep_first, report.config.keep_last) == (1, 1)
-        assert [r.block for r in report.layers] == [1, 1]
+    if preset == "goa":  # 4 + 2 kept blocks clipped (keep_first first) to leave one of three to prune
+        assert (report.config.keep_first, report.config.keep_last) == (0, 2)
+        assert [r.block for r in report.layers] == [0, 0]
 
 
 def test_preset_config_rejects_unknown_names_and_fields() -> None:

@@ -357,6 +357,27 @@ class CalibrationPath:
         self.block = self.runner = self.tail = self.output = None
 
 
+@dataclass
+class RowSet:
+    """A set of calibration rows carried through the model block by block: its pruned path and, where a
+    method reads the dense model's activations on these rows, its dense path."""
+
+    pruned: CalibrationPath
+    dense: CalibrationPath | None = None
+
+    @property
+    def paths(self) -> list[CalibrationPath]:
+        return [self.pruned] if self.dense is None else [self.pruned, self.dense]
+
+    def dense_module(self, kind: ModuleKind) -> Depth2Module | None:
+        """The dense path's ``kind`` module of the current block (None without a dense path)."""
+        return None if self.dense is None else self.dense.module(kind)
+
+    def stats(self, module: Depth2Module, needs: frozenset[str]) -> ModuleStats:
+        """One pass over these rows gathering ``needs`` for ``module`` (see :func:`collect_module_stats`)."""
+        return collect_module_stats(module, needs, self.pruned, self.dense)
+
+
 def _empty_stats(needs: frozenset[str]) -> ModuleStats:
     """The moments that ``needs`` asks for, before any row; cross moments share the pruned path's."""
     stats = ModuleStats()

@@ -43,9 +43,17 @@ def _add_prune_args(parser: argparse.ArgumentParser) -> None:
                         help="relative ridge of GOA's recovery (default 1e-4, the paper's; raise it for small calibration sets)")
     parser.add_argument("--tau", type=float, help="head-similarity threshold (JS divergence)")
     parser.add_argument("--calib", default="wiki-embedded",
-                        help="calibration text: 'wiki-embedded', 'self-generated', a .txt/.jsonl file or a HF dataset")
+                        help="calibration text: 'wiki-embedded', 'self-generated', 'random-tokens' (GOA's data-free Σ), "
+                        "a .txt/.jsonl file or a HF dataset")
     parser.add_argument("--text-field", default="text", help="JSON field holding the text")
+    parser.add_argument("--heldout", help="text for the held-out rows (default: drawn from --calib apart from the "
+                        "calibration rows)")
     parser.add_argument("--num-samples", type=int)
+    parser.add_argument("--recovery-samples", type=int,
+                        help="samples a recovery fits on, drawn apart from the scoring samples (default 1024, GOA's; "
+                        "0: the scoring samples)")
+    parser.add_argument("--heldout-samples", type=int,
+                        help="samples no fit sees, on which every layer's error is reported too (default 16; 0: none)")
     parser.add_argument("--seq-len", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--seed", type=int, default=0)
@@ -65,6 +73,7 @@ def build_config(args: argparse.Namespace) -> PruneConfig:
         "intercept": INTERCEPTS.get(args.intercept),
         "recovery_alpha": args.recovery_alpha,
         "num_samples": args.num_samples, "seq_len": args.seq_len, "batch_size": args.batch_size,
+        "recovery_samples": args.recovery_samples, "heldout_samples": args.heldout_samples,
         "seed": args.seed, "device": args.device,
     }
     overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -79,7 +88,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from reprune.workflow import prune_folder
 
     out, record = prune_folder(args.model, args.out, build_config(args), args.calib, text_field=args.text_field,
-                               dtype=args.dtype, overwrite=args.overwrite)
+                               dtype=args.dtype, overwrite=args.overwrite, heldout=args.heldout)
     p = record.parameters
     print(f"pruned {p.ratio_prunable:.1%} of prunable parameters ({p.ratio_total:.1%} of all: "
           f"{p.total_before:,} → {p.total_after:,}) in {record.timings.total_seconds:.1f} s")

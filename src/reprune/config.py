@@ -50,6 +50,11 @@ class PruneConfig:
     recovery_alpha: float = 1e-4  # relative ridge of GOA's greedy recovery
     num_samples: int = 128
     seq_len: int = 128
+    # samples of seq_len tokens a recovery fits on, drawn apart from the scoring rows (GOA §4.1's "additional
+    # 1024 examples"); 0: recover on the scoring rows. Unused without a recovery.
+    recovery_samples: int = 1024
+    # samples no fit sees, on which every layer's error is measured too (overfitting shows as a gap); 0: none
+    heldout_samples: int = 16
     batch_size: int = 8
     seed: int = 0
     device: str | None = None
@@ -140,8 +145,13 @@ class Plan:
 
     @property
     def two_path(self) -> bool:
-        """Whether the dense model's activations are propagated beside the pruned ones."""
-        return self.recovery.two_path or any(self.needs(kind) & TWO_PATH_STATISTICS for kind in self.kinds)
+        """Whether the dense model's activations are propagated beside the pruned ones (on some rows)."""
+        return self.recovery.two_path or self.scoring_two_path
+
+    @property
+    def scoring_two_path(self) -> bool:
+        """Whether the criteria or the reconstruction read the dense model's activations on the scoring rows."""
+        return any(self.needs(kind) & TWO_PATH_STATISTICS for kind in self.kinds)
 
     @property
     def data_free(self) -> bool:

@@ -144,8 +144,19 @@ def calibration_ids(
     Documents are joined with the tokenizer's EOS (or a blank line) so windows may span documents, as
     FLAP/Wanda/SparseGPT sample C4 or WikiText.
     """
-    if num_samples < 1 or seq_len < 2:
-        raise CorpusError(f"need num_samples ≥ 1 and seq_len ≥ 2 (got {num_samples} × {seq_len})")
+    return calibration_sets(tokenizer, source, [num_samples], seq_len, seed)[0]
+
+
+def calibration_sets(tokenizer, source: str | Path | list[str], counts: list[int], seq_len: int = 128,
+                     seed: int = 0) -> list[torch.Tensor]:
+    """Disjoint sets of random ``seq_len``-token windows from one corpus, ``counts[k]`` windows in set k.
+
+    The first set is the draw :func:`calibration_ids` makes (windows may overlap each other, as in FLAP's
+    sampling); every later window overlaps no window of an earlier set, so a recovery or held-out set never
+    shares a token position with the calibration rows.
+    """
+    if min(counts) < 1 or seq_len < 2:
+        raise CorpusError(f"need num_samples ≥ 1 and seq_len ≥ 2 (got {counts} × {seq_len})")
     docs = load_corpus(source) if not isinstance(source, list) else source
     separator = tokenizer.eos_token or "\n\n"
     ids = tokenizer(separator.join(docs), return_tensors="pt", add_special_tokens=False).input_ids[0]
@@ -155,15 +166,38 @@ def calibration_ids(
             "use a longer corpus or a smaller --seq-len"
         )
     generator = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, ids.numel() - seq_len, (num_samples,), generator=generator)
-    samples = torch.stack([ids[s : s + seq_len] for s in starts.tolist()])
+    first = torch.randint(0, ids.numel() - seq_len, (counts[0],), generator=generator).tolist()
+    taken = torch.zeros(ids.numel(), dtype=torch.bool)
+    for start in first:
+        taken[start : start + seq_len] = True
+    sets = [first] + [_free_windows(taken, seq_len, count, generator) for count in counts[1:]]
+    samples = [torch.stack([ids[s : s + seq_len] for s in starts]) for starts in sets]
     if tokenizer.cls_token_id is not None and tokenizer.sep_token_id is not None and tokenizer.bos_token_id is None:
-        samples[:, 0] = tokenizer.cls_token_id  # encoders expect [CLS] ... [SEP]
-        samples[:, -1] = tokenizer.sep_token_id
+        for rows in samples:
+            rows[:, 0] = tokenizer.cls_token_id  # encoders expect [CLS] ... [SEP]
+            rows[:, -1] = tokenizer.sep_token_id
     return samples
 
 
+def _free_windows(taken: torch.Tensor, seq_len: int, count: int, generator: torch.Generator) -> list[int]:
+    """``count`` random window starts whose ``seq_len`` tokens are all free in ``taken`` (marked as drawn)."""
+    occupied = torch.cat([torch.zeros(1, dtype=torch.long), taken.long().cumsum(0)])
+    free = torch.nonzero(occupied[seq_len:] - occupied[:-seq_len] == 0).reshape(-1)
+    starts: list[int] = []
+    while len(starts) < count:
+        free = free[~taken[free] & ~taken[(free + seq_len - 1).clamp(max=taken.numel() - 1)]]
+        if free.numel() == 0:
+            raise CorpusError(f"the corpus is too short for {count} more windows of {seq_len} tokens disjoint "
+                              f"from the calibration rows (found {len(starts)}); pass a longer corpus or fewer "
+                              "--recovery-samples / --heldout-samples")
+        start = int(free[torch.randint(0, free.numel(), (1,), generator=generator)])
+        taken[start : start + seq_len] = True
+        starts.append(start)
+    return starts
+
+
 SELF_GENERATED = "self-generated"
+RANDOM_TOKENS = "random-tokens"  # uniform random token ids: GOA's data-free second moment (App. D)
 Calibration = str | Path | list[str] | torch.Tensor
 
 
@@ -177,14 +211,29 @@ def calibration_source(calibration: Calibration) -> str | None:
 def resolve_calibration(calibration: Calibration, tokenizer, model: nn.Module, num_samples: int, seq_len: int,
                         seed: int, text_field: str = "text", device: str | None = None) -> torch.Tensor:
     """Token ids (N, L) from any calibration source: ready ids, ``'self-generated'`` (sampled from
-    ``model``, GOA's data-free setting), a corpus name or file (``text_field`` for JSON rows), or texts."""
+    ``model``, GOA's data-free setting), ``'random-tokens'`` (uniform token ids, GOA App. D), a corpus name
+    or file (``text_field`` for JSON rows), or texts."""
+    return resolve_calibration_sets(calibration, tokenizer, model, [num_samples], seq_len, seed, text_field,
+                                    device)[0]
+
+
+def resolve_calibration_sets(calibration: Calibration, tokenizer, model: nn.Module, counts: list[int],
+                             seq_len: int, seed: int, text_field: str = "text",
+                             device: str | None = None) -> list[torch.Tensor | None]:
+    """Disjoint sets of ``counts[k]`` samples from one calibration source (see :func:`resolve_calibration`);
+    the first is the calibration set itself. Ready ids give only that one: the later sets are None."""
     if isinstance(calibration, torch.Tensor):
-        return calibration
+        return [calibration] + [None] * (len(counts) - 1)
+    if calibration == RANDOM_TOKENS:
+        vocab = model.get_input_embeddings().num_embeddings
+        return [torch.randint(0, vocab, (count, seq_len), generator=torch.Generator().manual_seed(seed + k))
+                for k, count in enumerate(counts)]
     if tokenizer is None:
         raise ValueError("a tokenizer is needed to turn the calibration corpus into samples: pass tokenizer=")
     if calibration == SELF_GENERATED:
         from reprune.selfgen import self_generated_ids
 
-        return self_generated_ids(model, tokenizer, num_samples, seq_len, seed, device=device)
+        return [self_generated_ids(model, tokenizer, count, seq_len, seed + k, device=device)
+                for k, count in enumerate(counts)]
     docs = calibration if isinstance(calibration, list) else load_corpus(calibration, text_field=text_field)
-    return calibration_ids(tokenizer, docs, num_samples, seq_len, seed)
+    return calibration_sets(tokenizer, docs, counts, seq_len, seed)

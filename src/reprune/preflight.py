@@ -235,17 +235,19 @@ def available_memory(dev: torch.device) -> int:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def check_memory(config: dict[str, Any], num_samples: int, seq_len: int, dtype: str, device: str | None) -> None:
-    """Refuse a calibration set whose buffers alone exceed the free memory, before allocating any of them."""
+def check_memory(config: dict[str, Any], num_samples: int, seq_len: int, dtype: str, device: str | None,
+                 rows: str = "--num-samples") -> None:
+    """Refuse a calibration set whose buffers alone exceed the free memory, before allocating any of them
+    (``rows``: the option that sets ``num_samples``, named in the error)."""
     need = calibration_bytes(config, num_samples, seq_len, dtype)
     dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")  # as prune
     free = available_memory(dev)
     if need > free:
         fits = max(1, num_samples * free // need)
         raise PreflightError(
-            f"--num-samples {num_samples} × --seq-len {seq_len} needs at least {need / 2**30:.1f} GiB of calibration "
+            f"{rows} {num_samples} × --seq-len {seq_len} needs at least {need / 2**30:.1f} GiB of calibration "
             f"buffers, but only {free / 2**30:.1f} GiB is free on {dev}; use "
-            f"--num-samples {fits} or less, or a shorter --seq-len")
+            f"{rows} {fits} or less, or a shorter --seq-len")
 
 
 def check_calibration_file(source: str, text_field: str) -> None:
@@ -264,6 +266,8 @@ def check_config(config: PruneConfig) -> None:
     check_count("--num-samples", config.num_samples)
     check_count("--batch-size", config.batch_size)
     check_count("--multiple-of", config.multiple_of)
+    check_count("--recovery-samples", config.recovery_samples, minimum=0)
+    check_count("--heldout-samples", config.heldout_samples, minimum=0)
     check_ridge("--alpha", config.alpha)
     check_ridge("--recovery-alpha", config.recovery_alpha)
     check_device(config.device)
@@ -281,6 +285,10 @@ def check_prune(folder: Path, config: PruneConfig, dtype: str, calib: str, text_
         config.resolve(blocks)
     check_seq_len("--seq-len", config.seq_len, model_config, folder)
     check_memory(model_config, config.num_samples, config.seq_len, dtype, config.device)
+    if config.recovery != "none" and config.recovery_samples:  # its rows are carried on two paths beside the others
+        check_memory(model_config, config.num_samples + config.heldout_samples + 2 * config.recovery_samples,
+                     config.seq_len, dtype, config.device,
+                     "--num-samples + --heldout-samples + 2 × --recovery-samples (the recovery rows' two paths)")
     check_calibration_file(calib, text_field)
 
 

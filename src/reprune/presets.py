@@ -4,14 +4,16 @@
 LLMs Without Retraining", arXiv 2407.19126 (CPAL 2025):
 
 - ``attention_criterion="head-similarity"``: one head of each pair with similar attention (§3.2.2,
-  Alg. 2); the count comes from the ratio (the k most similar pairs), or from ``criterion_options=
-  {"tau": τ}`` (heads marked below τ).
+  Alg. 2), heads by count: the k most similar pairs for the ratio's k. The paper's τ (0.16–0.21) is on
+  its code's scale (√KL, swapped arguments), not this JS divergence, so it is not borrowed;
+  ``criterion_options={"tau": τ}`` still sets a threshold of one's own.
 - ``ffn_criterion="second-moment"``: the data-dependent second-moment metric (§3.2.3).
 - ``recovery="goa"``, ``recovery_alpha=1e-4``: greedy two-step recovery of every pruned module before
-  scoring (Alg. 1, 3, 4), with the ridge of the authors' code.
+  scoring (Alg. 1, 3, 4), with the ridge of the authors' code, on ``recovery_samples=1024`` samples of
+  their own (§4.1: "an additional 1024 examples"), drawn apart from the 16 scoring samples.
 - ``reconstruction="none"``: removed units get no compensation in the paper.
-- ``keep_first=4``, ``keep_last=1``: blocks 0-3 and the last stay dense (their LLaMA-7B setting, after
-  LLM-Pruner); ``clip_keep`` lowers them on models too small for that.
+- ``keep_first=4``, ``keep_last=2``: blocks 0-3 and the last two stay dense (LLaMA-7B prunes blocks
+  [4, 30): Tables 1–2, the code's ``start=4, end=30``); ``clip_keep`` lowers them on models too small.
 - ``num_samples=16``, ``seq_len=128``: 16 calibration samples of 128 tokens; uniform allocation.
 
 ``liar`` — P. Wang et al., "Reconstruct the Pruned Model without Any Retraining", arXiv 2407.13331
@@ -59,10 +61,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "reconstruction": "none",
         "allocation": "uniform",
         "keep_first": 4,
-        "keep_last": 1,
+        "keep_last": 2,
         "clip_keep": True,
         "num_samples": 16,
         "seq_len": 128,
+        "recovery_samples": 1024,
     },
     "liar": LIAR,
     # benchmarks/README.md: obs heads beat flap heads under LIAR, uniform, at 20, 35 and 50 %

@@ -35,6 +35,15 @@ class LayerRecord:
     seconds_stats: float
     seconds_solve: float
     expert: int | None = None
+    # the same two errors on the held-out rows, which no fit saw (None: no held-out rows)
+    heldout_error_none: float | None = None
+    heldout_error: float | None = None
+    # a recovery's level-2 output error relative to the dense model's, before and after it, on the rows it
+    # fitted and on the held-out rows (None: no recovery, or no held-out rows)
+    recovery_error_before: float | None = None
+    recovery_error_after: float | None = None
+    heldout_recovery_error_before: float | None = None
+    heldout_recovery_error_after: float | None = None
 
 
 @dataclass
@@ -62,6 +71,8 @@ class CalibrationInfo:
     seed: int
     used: bool  # False for data-free methods, which run no calibration
     source: str | None = None  # 'wiki-embedded', a file, 'self-generated', ... (None: token ids were given)
+    recovery_samples: int = 0  # the recovery's own rows (0: none, or it fitted on the calibration rows)
+    heldout_samples: int = 0  # rows no fit saw, on which errors were measured too
 
 
 @dataclass

@@ -109,6 +109,11 @@ def checkpoint_bytes(path: Path) -> int:
                if f.is_file() and f.relative_to(path).parts[0] not in OUTPUT_NAMES)
 
 
+# a module's errors in the record, each a row key per kind (``attention_heldout_error``, ...)
+ERROR_FIELDS = ("error_none", "error", "heldout_error_none", "heldout_error", "recovery_error_before",
+                "recovery_error_after", "heldout_recovery_error_before", "heldout_recovery_error_after")
+
+
 def block_rows(record: RunRecord) -> list[dict[str, Any]]:
     """Per block: heads and neurons before/after and the errors of its pruned modules (``None`` if untouched).
     A mixture's FFN shows its experts' common width, their mean errors and their summed times."""
@@ -123,8 +128,8 @@ def block_rows(record: RunRecord) -> list[dict[str, Any]]:
             layer = layers.get((block, kind))
             row[f"{key}_before"] = layer.units_before if layer else now
             row[f"{key}_after"] = layer.units_after if layer else now
-            row[f"{kind}_error_none"] = layer.error_none if layer else None
-            row[f"{kind}_error"] = layer.error if layer else None
+            for name in ERROR_FIELDS:
+                row[f"{kind}_{name}"] = getattr(layer, name) if layer else None
         touched = [layers[(block, kind)] for kind in ("attention", "ffn") if (block, kind) in layers]
         row["stats_seconds"] = sum(layer.seconds_stats for layer in touched) if touched else None
         row["solve_seconds"] = sum(layer.seconds_solve for layer in touched) if touched else None
@@ -141,8 +146,8 @@ def _merged(records: list[LayerRecord]) -> LayerRecord:
         return None if None in values else sum(values) / len(values)
 
     return replace(records[0], kept_units=[], expert=None,
-                               error_none=mean([r.error_none for r in records]), error=mean([r.error for r in records]),
-                               seconds_stats=sum(r.seconds_stats for r in records),
+                   **{name: mean([getattr(r, name) for r in records]) for name in ERROR_FIELDS},
+                   seconds_stats=sum(r.seconds_stats for r in records),
                                seconds_solve=sum(r.seconds_solve for r in records))
 
 
@@ -351,26 +356,35 @@ def plot_kept(run: Run, rows: list[dict[str, Any]], path: Path) -> Path:
 
 
 def plot_errors(run: Run, rows: list[dict[str, Any]], path: Path) -> Path:
-    """Relative output error per block without and with the reconstruction, log scale; a panel per pruned kind."""
+    """Relative output error per block without and with the reconstruction, on the calibration rows (solid)
+    and the held-out rows (dashed), log scale; a panel per pruned kind, and one per kind for a recovery's
+    error against the dense model before and after it."""
     kinds = [k for k in ("attention", "ffn") if any(r[f"{k}_error"] is not None for r in rows)]
-    figure, axes = _new_figure(max(6.0, 0.3 * len(rows) + 3.0), 0.6 + 2.6 * len(kinds), len(kinds), 1)
-    for axis, kind in zip(axes, kinds):
+    reconstruction = run.config.reconstruction
+    panels = [(kind, "reconstruction", (("error_none", "pruned, no reconstruction", "x"),
+                                        ("error", f"after {reconstruction}", "o"))) for kind in kinds]
+    panels += [(kind, f"recovery {run.config.recovery}, against the dense model",
+                (("recovery_error_before", "before recovery", "x"), ("recovery_error_after", "after recovery", "o")))
+               for kind in kinds if any(r[f"{kind}_recovery_error_after"] is not None for r in rows)]
+    figure, axes = _new_figure(max(6.0, 0.3 * len(rows) + 3.0), 0.6 + 2.6 * len(panels), len(panels), 1)
+    for axis, (kind, title, series) in zip(axes, panels):
         values = []
-        for key, name, marker in (("error_none", "pruned, no reconstruction", "x"),
-                                  ("error", f"after {run.config.reconstruction}", "o")):
-            points = [(r["block"], r[f"{kind}_{key}"]) for r in rows if (r[f"{kind}_{key}"] or 0) > 0]
-            if points:
-                axis.plot(*zip(*points), marker=marker, label=name)
-                values += [y for _, y in points]
+        for key, name, marker in series:
+            for rows_name, prefix, style in (("calibration rows", "", "-"), ("held-out rows", "heldout_", "--")):
+                column = f"{kind}_{prefix}{key}"
+                points = [(r["block"], r[column]) for r in rows if (r[column] or 0) > 0]
+                if points:
+                    axis.plot(*zip(*points), marker=marker, linestyle=style, label=f"{name} ({rows_name})")
+                    values += [y for _, y in points]
         _log_y(axis, values)
-        axis.set_title("attention" if kind == "attention" else "FFN", fontsize="medium")
+        axis.set_title(f"{'attention' if kind == 'attention' else 'FFN'}: {title}", fontsize="medium")
         axis.set_ylabel("relative error")
         axis.grid(alpha=0.3)
         axis.set_xticks([r["block"] for r in rows])
         if axis.has_data():
             axis.legend(fontsize="small")
     axes[-1].set_xlabel("block")
-    figure.suptitle(f"{run.name}: relative output error per block")
+    figure.suptitle(f"{run.name}: relative output error per block (dashed: held-out rows, which no fit saw)")
     return _save(figure, path)
 
 
@@ -460,18 +474,38 @@ def summary_table(runs: list[Run], dense: dict[str, Any] | None, names: list[str
 
 
 def layer_table(rows: list[dict[str, Any]]) -> Table:
-    """Per block: kept/before heads and neurons, error_none → error of each pruned module, and its cost."""
-    def errors(row: dict[str, Any], kind: str) -> str:
-        if row[f"{kind}_error"] is None:
-            return DASH
-        return f"{fmt_error(row[f'{kind}_error_none'])} → {fmt_error(row[f'{kind}_error'])}"
+    """Per block: kept/before heads and neurons, error_none → error of each pruned module on the calibration
+    rows and the held-out rows, a recovery's error against the dense model before → after, and the cost."""
+    def arrow(row: dict[str, Any], before: str, after: str) -> str:
+        return f"{fmt_error(row[before])} → {fmt_error(row[after])}"
 
-    body = [[str(r["block"]), f"{r['heads_after']}/{r['heads_before']}", f"{r['neurons_after']}/{r['neurons_before']}",
-             errors(r, "attention"), errors(r, "ffn"),
-             DASH if r["stats_seconds"] is None else f"{r['stats_seconds']:.2f} / {r['solve_seconds']:.3f}"]
-            for r in rows]
-    return Table(["block", "heads kept", "neurons kept", "attention error (none → reconstructed)",
-                  "FFN error (none → reconstructed)", "seconds: statistics / solve"], body)
+    def errors(row: dict[str, Any], kind: str, prefix: str) -> str:
+        if row[f"{kind}_{prefix}error"] is None:
+            return DASH
+        return arrow(row, f"{kind}_{prefix}error_none", f"{kind}_{prefix}error")
+
+    def recovery(row: dict[str, Any], kind: str, prefix: str) -> str:
+        if row[f"{kind}_{prefix}recovery_error_after"] is None:
+            return DASH
+        return arrow(row, f"{kind}_{prefix}recovery_error_before", f"{kind}_{prefix}recovery_error_after")
+
+    def present(key: str) -> bool:
+        return any(r[f"{kind}_{key}"] is not None for r in rows for kind in ("attention", "ffn"))
+
+    columns: list[tuple[str, Any]] = [("block", lambda r: str(r["block"])),
+                                      ("heads kept", lambda r: f"{r['heads_after']}/{r['heads_before']}"),
+                                      ("neurons kept", lambda r: f"{r['neurons_after']}/{r['neurons_before']}")]
+    for kind, label in (("attention", "attention"), ("ffn", "FFN")):
+        columns.append((f"{label} error (none → reconstructed)", lambda r, k=kind: errors(r, k, "")))
+        if present("heldout_error"):
+            columns.append((f"{label} held-out error", lambda r, k=kind: errors(r, k, "heldout_")))
+        if present("recovery_error_after"):
+            columns.append((f"{label} recovery vs dense (before → after)", lambda r, k=kind: recovery(r, k, "")))
+        if present("heldout_recovery_error_after"):
+            columns.append((f"{label} held-out recovery vs dense", lambda r, k=kind: recovery(r, k, "heldout_")))
+    columns.append(("seconds: statistics / solve", lambda r: DASH if r["stats_seconds"] is None
+                    else f"{r['stats_seconds']:.2f} / {r['solve_seconds']:.3f}"))
+    return Table([name for name, _ in columns], [[cell(r) for _, cell in columns] for r in rows])
 
 
 def _setting(value: Any) -> str:

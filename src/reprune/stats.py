@@ -112,34 +112,48 @@ class Moments:
 class CrossMoments:
     """Statistics of two aligned row sets: the pruned path X̂ and the dense path X of the same tokens.
 
-    Holds the Moments of X̂, the sum of X and the cross-Gram ``C = X̂^T X``: enough for any ridge
-    regression of a dense-path linear output on pruned-path inputs.
+    Holds the Moments of X̂ and of X and the cross-Gram ``C = X̂^T X``: enough for any ridge regression of
+    a dense-path linear output on pruned-path inputs, and for the error of its fit (:func:`dense_output_error`).
     """
 
     pruned: Moments = field(default_factory=Moments)
-    dense_sum: torch.Tensor | None = None
+    dense: Moments = field(default_factory=Moments)
     cross: torch.Tensor | None = None
 
     def update(self, pruned_rows: torch.Tensor, dense_rows: torch.Tensor) -> None:
         self.pruned.update(pruned_rows)
+        self.dense.update(dense_rows)
         y = dense_rows.reshape(-1, dense_rows.shape[-1])
         x = pruned_rows.reshape(-1, pruned_rows.shape[-1])
         y = y.to(torch.float32) if y.dtype != torch.float64 else y
         x = x.to(y.dtype)
         if self.cross is None:
-            self.dense_sum = torch.zeros(y.shape[1], dtype=torch.float64, device=y.device)
             self.cross = torch.zeros(x.shape[1], y.shape[1], dtype=torch.float64, device=y.device)
-        self.dense_sum += y.sum(0, dtype=torch.float64)
         self.cross += (x.T @ y).to(torch.float64)
 
     @property
     def dense_mean(self) -> torch.Tensor:
-        return self.dense_sum / self.pruned.n
+        return self.dense.mean
 
     @property
     def cross_covariance(self) -> torch.Tensor:
         """Cov(X̂, X) = C/n − μ̂ μ^T."""
         return self.cross / self.pruned.n - torch.outer(self.pruned.mean, self.dense_mean)
+
+
+def dense_output_error(cross: CrossMoments, weight: torch.Tensor, bias: torch.Tensor | None,
+                       dense_weight: torch.Tensor, dense_bias: torch.Tensor | None) -> float:
+    """``E||x̂ W + b − (x W_d + b_d)||² / E||x W_d + b_d||²`` over the rows of ``cross``: how far a layer on
+    the pruned path is from the dense model's same layer (weights (in, out), float64; no bias: zero)."""
+    device = cross.cross.device
+    w, w_d = weight.to(device, torch.float64), dense_weight.to(device, torch.float64)
+    b = torch.zeros(w.shape[1], dtype=torch.float64, device=device) if bias is None else bias.to(device, torch.float64)
+    b_d = torch.zeros_like(b) if dense_bias is None else dense_bias.to(device, torch.float64)
+    n, mean_p, mean_d = cross.pruned.n, cross.pruned.mean, cross.dense.mean
+    pruned_energy = (w * (cross.pruned.gram @ w)).sum() / n + 2 * (mean_p @ w) @ b + b @ b
+    dense_energy = (w_d * (cross.dense.gram @ w_d)).sum() / n + 2 * (mean_d @ w_d) @ b_d + b_d @ b_d
+    product = (w * (cross.cross @ w_d)).sum() / n + (mean_p @ w) @ b_d + (mean_d @ w_d) @ b + b @ b_d
+    return float((pruned_energy - 2 * product + dense_energy).clamp(min=0.0) / max(float(dense_energy), 1e-30))
 
 
 @dataclass

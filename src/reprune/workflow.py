@@ -20,16 +20,17 @@ from reprune.model_card import write_card
 from reprune.models import BUNDLED_HUB_IDS, is_gguf, load_model, resolve_model_dir
 from reprune.outputs import check_output_dir, reserve_output
 from reprune.outputs import write_json
-from reprune.preflight import check_config, check_eval, check_prune
+from reprune.preflight import check_calibration_file, check_config, check_eval, check_prune
 from reprune.record import EVAL_FILE, RECORD_FILE, RunRecord
 
 
 def prune_folder(model: str | Path, out: str | Path, config: PruneConfig, calibration: Calibration = "wiki-embedded",
                  *, text_field: str = "text", dtype: str = "auto", overwrite: bool = False,
-                 progress: bool = True) -> tuple[Path, RunRecord]:
+                 progress: bool = True, heldout: Calibration | None = None) -> tuple[Path, RunRecord]:
     """Prune the model in folder ``model`` (or a ``.gguf`` file, or a bundled name: ``smollm2``, ``gemma3``,
     ``minilm``) into folder ``out``, with a model card (``README.md``).
 
+    ``heldout``: text for the held-out rows instead of a slice drawn from ``calibration``.
     Returns the written folder and the run's record (also saved there as ``reprune_report.json``).
     """
     if is_gguf(model):  # the options and the output are checked before the once-per-file conversion
@@ -37,10 +38,12 @@ def prune_folder(model: str | Path, out: str | Path, config: PruneConfig, calibr
         check_output_dir(out, overwrite)
     source = resolve_model_dir(model)  # a GGUF file is checked (exists, readable, GGUF) before it is converted
     check_prune(source, config, dtype, calibration if isinstance(calibration, (str, Path)) else "", text_field)
+    if isinstance(heldout, (str, Path)):
+        check_calibration_file(str(heldout), text_field)
     with reserve_output(out, overwrite, inputs=[source]):
         loaded, tokenizer, folder = load_model(source, dtype)
         loaded, record = pipeline.prune(loaded, calibration, config, tokenizer=tokenizer, text_field=text_field,
-                                        progress=progress)
+                                        progress=progress, heldout=heldout)
         record.input_model = str(Path(model).resolve()) if is_gguf(model) else str(folder)
         record.base_model = BUNDLED_HUB_IDS.get(str(model))
         return save_pruned(loaded, tokenizer, out, record, overwrite=overwrite), record

@@ -2,8 +2,10 @@
 
 A recovery is one function registered with the flags the pipeline needs to plan for it, so a new one
 is one new file in this folder (every module here is imported). It changes the module's weights in
-place, gathering statistics through ``RecoveryInput.restat``; the pipeline then gathers the scoring
-and reconstruction statistics from the recovered module.
+place, gathering statistics through ``RecoveryInput.restat`` (over the recovery rows: their own set,
+``PruneConfig.recovery_samples``, or the scoring rows), and returns the module's output error against the
+dense model before and after, on those rows; the pipeline then gathers the scoring and reconstruction
+statistics from the recovered module.
 """
 
 from __future__ import annotations
@@ -23,10 +25,18 @@ class RecoveryInput:
     module: Depth2Module  # the pruned path's module, re-fitted in place
     dense_module: Depth2Module | None  # the same module of the dense model (None unless ``two_path``)
     alpha: float  # relative ridge (``PruneConfig.recovery_alpha``)
-    restat: Callable[[frozenset[str]], ModuleStats]  # one calibration pass gathering the named statistics
+    restat: Callable[[frozenset[str]], ModuleStats]  # one pass over the recovery rows gathering the named statistics
 
 
-RecoverFn = Callable[[RecoveryInput], None]
+@dataclass(frozen=True)
+class RecoveryErrors:
+    """The module's level-2 output error relative to the dense model's, on the rows the recovery fitted."""
+
+    before: float
+    after: float
+
+
+RecoverFn = Callable[[RecoveryInput], RecoveryErrors | None]  # None: nothing was fitted
 
 
 @dataclass(frozen=True)
@@ -53,10 +63,10 @@ def register(name: str, needs: set[str] | None = None, two_path: bool = False, e
 
 
 @register("none", description="no recovery: modules are scored as the earlier blocks' pruning left them")
-def no_recovery(inp: RecoveryInput) -> None:
+def no_recovery(inp: RecoveryInput) -> RecoveryErrors | None:
     return None
 
 
 import_submodules(__name__, __path__)
 
-__all__ = ["RECOVERIES", "Recovery", "RecoveryInput", "register"]
+__all__ = ["RECOVERIES", "Recovery", "RecoveryErrors", "RecoveryInput", "register"]
