@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 from tiny_models import calibration_batch, model_output, tiny_llama_for, tiny_model
@@ -11,6 +9,7 @@ from tiny_models import calibration_batch, model_output, tiny_llama_for, tiny_mo
 from reprune import PruneConfig, prune
 from reprune.adapters import get_adapter
 from reprune.data import CorpusError, calibration_ids, calibration_sets, embedded_corpus_texts, resolve_calibration_sets
+from reprune.model_card import render_card
 from reprune.report import block_rows, layer_table
 from reprune.stats import CrossMoments, dense_output_error
 
@@ -152,3 +151,10 @@ def test_report_shows_heldout_and_recovery_columns() -> None:
     assert "FFN held-out recovery vs dense" in table.header
     _, plain = prune(tiny_model("llama"), ids, PruneConfig(ratio=0.3, heldout_samples=0), progress=False)
     assert not any("held-out" in name or "recovery" in name for name in layer_table(block_rows(plain)).header)
+
+
+def test_model_card_states_the_recovery_and_heldout_rows(tokenizer, texts) -> None:
+    config = PruneConfig(ratio=0.3, recovery="goa", num_samples=4, seq_len=16, recovery_samples=6, heldout_samples=2)
+    _, record = prune(tiny_llama_for(tokenizer, 64), texts, config, tokenizer=tokenizer, progress=False)
+    card = render_card(record, "tiny")
+    assert "4 samples × 16 tokens of `list of texts` (seed 0); 6 more samples for the recovery; 2 more samples held out" in card

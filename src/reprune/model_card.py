@@ -92,9 +92,13 @@ def _calibration_section(record: RunRecord) -> list[str]:
     if not calibration.used:
         return ["## Calibration", "", "None: the method reads no statistics (data-free).", ""]
     source = calibration.source or "token ids given by the caller"
+    extra = [f"{count} more samples {role}" for count, role in (
+        (calibration.recovery_samples, "for the recovery"),
+        (calibration.heldout_samples, "held out of every fit, on which each layer's error was measured too"))
+        if count]
     return ["## Calibration", "",
-            f"{calibration.num_samples} samples × {calibration.seq_len} tokens of `{source}` (seed {calibration.seed}).",
-            ""]
+            f"{calibration.num_samples} samples × {calibration.seq_len} tokens of `{source}` (seed {calibration.seed})"
+            + "".join(f"; {line}" for line in extra) + ".", ""]
 
 
 def _number(value: Any) -> str:

@@ -78,9 +78,8 @@ def prune(model: nn.Module, calibration: Calibration = "wiki-embedded", config: 
         check_dense_scoring(adapter, plan)
     check_finite_weights(model)
     ids = calibration_rows(calibration, heldout, tokenizer, model, plan, text_field)
-    vocab = model.get_input_embeddings().num_embeddings
-    for rows in ids.values():
-        check_calibration_ids(rows, vocab)
+    for set_ids in ids.values():
+        check_calibration_ids(set_ids, model.get_input_embeddings().num_embeddings)
     device = default_device(config.device)
     model.eval()
     model.requires_grad_(False)
@@ -88,13 +87,8 @@ def prune(model: nn.Module, calibration: Calibration = "wiki-embedded", config: 
     started = time.perf_counter()
     total_before, prunable_before = count_parameters(model), prunable_parameters(adapter)
 
-    acts = None if plan.data_free else capture_inputs(model, adapter, ids["calibration"], plan, device)
-    rows = Rows(None if acts is None else row_set(adapter, acts, plan.scoring_two_path or (
-        plan.recovery.two_path and "recovery" not in ids), config.shortcuts))
-    for name in ("recovery", "heldout"):
-        if name in ids:
-            setattr(rows, name, row_set(adapter, capture_inputs(model, adapter, ids[name], plan, device),
-                                        plan.recovery.two_path, config.shortcuts))
+    rows = Rows(None) if plan.data_free else carried_rows(model, adapter, ids, plan, device)
+    acts = None if rows.calibration is None else rows.calibration.pruned.acts
     seconds_capture = time.perf_counter() - started
     if scores is None and (config.allocation == "global" or config.score_on == "dense") and config.ratio > 0:
         scores = score_dense_model(adapter, acts, plan, generator, device, progress)
@@ -150,10 +144,20 @@ def calibration_rows(calibration: Calibration, heldout: Calibration | None, toke
     return ids
 
 
-def row_set(adapter: ModelAdapter, acts: Activations, two_path: bool, shortcuts: bool) -> RowSet:
-    """A row set from block 0's inputs; with ``two_path`` the dense path starts from a copy of them."""
-    return RowSet(CalibrationPath(adapter, acts, shortcuts),
-                  CalibrationPath(adapter, acts.clone(), shortcuts) if two_path else None)
+def carried_rows(model: nn.Module, adapter: ModelAdapter, ids: dict[str, torch.Tensor], plan: Plan,
+                 device: torch.device) -> Rows:
+    """Block 0's inputs of every row set in ``ids``, each set with a dense path where a method reads the dense
+    model on it: the scoring rows for two-path criteria and reconstructions (and a recovery without rows of
+    its own), the recovery and held-out rows for a two-path recovery."""
+    def row_set(name: str, two_path: bool) -> RowSet:
+        acts = capture_inputs(model, adapter, ids[name], plan, device)
+        shortcuts = plan.config.shortcuts
+        return RowSet(CalibrationPath(adapter, acts, shortcuts),
+                      CalibrationPath(adapter, acts.clone(), shortcuts) if two_path else None)
+
+    recovery_two_path = plan.recovery.two_path
+    return Rows(row_set("calibration", plan.scoring_two_path or (recovery_two_path and "recovery" not in ids)),
+                *(row_set(name, recovery_two_path) if name in ids else None for name in ("recovery", "heldout")))
 
 
 def check_dense_scoring(adapter: ModelAdapter, plan: Plan) -> None:
