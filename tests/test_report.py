@@ -53,7 +53,8 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name, ratio in RUNS.items():
         config = PruneConfig(ratio=ratio, criterion="flap", reconstruction="liar", num_samples=8, seq_len=16,
                              device="cpu")
-        model, report = prune(tiny_model("llama"), calibration_batch(8, 16), config, progress=False)
+        model, report = prune(tiny_model("llama"), calibration_batch(8, 16), config, progress=False,
+                              heldout=calibration_batch(4, 16, seed=3) if ratio == 0.5 else None)
         report.input_model = "tiny-llama"
         folder = save_pruned(model, None, root / name, report)
         (folder / "reprune_eval.json").write_text(json.dumps(evaluate(model, folder, with_speed=ratio == 0.3)))
@@ -87,6 +88,10 @@ def test_report_of_several_checkpoints(run_dir: Path) -> None:
         for layer in report.layers:
             assert f"{layer.units_after}/{layer.units_before}" in markdown
             assert f"{layer.error_none:.3g} → {layer.error:.3g}" in markdown
+            if layer.heldout_error is not None:  # the 50 % run held rows out: their errors beside the others
+                assert f"{layer.heldout_error_none:.3g} → {layer.heldout_error:.3g}" in markdown
+        assert ("held-out error" in markdown) and any(layer.heldout_error is not None for layer in
+                                                      RunRecord.read(run_dir / "tiny-50-liar").layers)
         for block in {layer.block for layer in report.layers}:  # per-layer cost: statistics / solve
             mine = [layer for layer in report.layers if layer.block == block]
             stats, solve = sum(x.seconds_stats for x in mine), sum(x.seconds_solve for x in mine)
