@@ -38,8 +38,8 @@ ERRORS = {  # column -> LayerRecord field, averaged over the pruned modules
     "recovery before (held-out)": "heldout_recovery_error_before",
     "recovery after (fit rows)": "recovery_error_after",
     "recovery after (held-out)": "heldout_recovery_error_after",
-    "LIAR error (fit rows)": "error",
-    "LIAR error (held-out)": "heldout_error",
+    "reconstructed (fit rows)": "error",
+    "reconstructed (held-out)": "heldout_error",
 }
 
 
