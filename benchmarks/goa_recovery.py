@@ -7,6 +7,9 @@ goa-current (ridge toward the current weights)} × recovery rows {16, 128, 1024}
 embedded Wikipedia apart from the scoring and held-out rows. Each run reports WikiText-2 test perplexity and
 the mean relative errors of its modules on the rows they were fitted on and on 16 × 128 held-out rows.
 
+``--base reprune --calib-samples 128 --calib-len 512`` runs the recovery grid from the default method at the
+benchmark grid's setting instead (recovery rows then of 512 tokens).
+
 Second-moment grid: the same preset without recovery, FFN criterion {second-moment-paper, -code, -product,
 -free (Σ = I), second-moment on random token ids (GOA App. D, everything data-free)} × {bias, liar}.
 
@@ -61,6 +64,10 @@ def main() -> None:
                    "second-moment-free,random-tokens", help="FFN criteria; 'random-tokens': second-moment on random ids")
     p.add_argument("--reconstructions", default="bias,liar", help="for the second-moment grid")
     p.add_argument("--skip", default="", help="'recovery' and/or 'forms': grids not to run")
+    p.add_argument("--base", default="goa", help="the preset the recovery grid starts from (e.g. reprune)")
+    p.add_argument("--calib-samples", type=int, help="scoring samples (default: the preset's)")
+    p.add_argument("--calib-len", type=int, help="tokens per sample, also of the recovery and held-out rows "
+                   "(default: the preset's)")
     p.add_argument("--eval-tokens", type=int, default=8192, help="first N tokens of WikiText-2 test")
     p.add_argument("--eval-len", type=int, default=512)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -79,8 +86,14 @@ def main() -> None:
         return perplexity(model, tokenizer, text, seq_len=args.eval_len, batch_size=8,
                           max_windows=args.eval_tokens // args.eval_len, device=args.device)["ppl"]
 
-    def run(label: str, calibration: Any, **overrides: Any) -> dict[str, Any] | None:
-        config = preset_config("goa", device=args.device, **overrides)
+    sizes = {key: value for key, value in (("num_samples", args.calib_samples), ("seq_len", args.calib_len))
+             if value is not None}
+    setting = "".join(f"-{key}{value}" for key, value in sizes.items())
+
+    def run(label: str, calibration: Any, preset: str = "goa", **overrides: Any) -> dict[str, Any] | None:
+        config = preset_config(preset, device=args.device, **sizes, **overrides)
+        if preset != "goa" or sizes:  # the recovery grid from another preset or setting
+            label = label.replace("goa:liar/", f"{preset}{setting}/")
 
         def job() -> dict[str, Any]:
             start = time.perf_counter()
@@ -97,13 +110,14 @@ def main() -> None:
     recovery_rows, form_rows = [], []
     for ratio in ratios:
         if "recovery" not in args.skip:
-            recovery_rows.append(run("goa:liar/recovery none", corpus, ratio=ratio, reconstruction="liar",
-                                     recovery="none"))
+            recovery_rows.append(run("goa:liar/recovery none", corpus, args.base, ratio=ratio,
+                                     reconstruction="liar", recovery="none"))
+            length = args.calib_len or preset_config(args.base).seq_len
             for recovery in args.recoveries.split(","):
                 for samples in [int(s) for s in args.recovery_samples.split(",")]:
-                    recovery_rows.append(run(f"goa:liar/recovery {recovery} on {samples * 128 // 1024}k tokens",
-                                             corpus, ratio=ratio, reconstruction="liar", recovery=recovery,
-                                             recovery_samples=samples))
+                    recovery_rows.append(run(f"goa:liar/recovery {recovery} on {samples * length // 1024}k tokens",
+                                             corpus, args.base, ratio=ratio, reconstruction="liar",
+                                             recovery=recovery, recovery_samples=samples))
         if "forms" not in args.skip:
             for form in args.forms.split(","):
                 for reconstruction in args.reconstructions.split(","):
