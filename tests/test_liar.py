@@ -529,3 +529,24 @@ def test_pipeline_alpha_zero_singular_statistics_stay_finite(build, calib):
     assert all(m.startswith("block ") and (" ffn" in m or " attention" in m) for m in messages), messages
     # a numerically singular Σ_uu that Cholesky happens to accept gives no accuracy guarantee: finiteness only
     _assert_finite_model(model, report, ids, ordered=False)
+
+
+# --- LIAR on the dense model's statistics ------------------------------------------------------
+
+
+def test_liar_on_dense_statistics_is_liar_where_the_paths_agree_and_differs_after_pruning() -> None:
+    """Block 0's attention sees the dense input on both paths, so its fit is LIAR's; once a module was
+    pruned, the modules after it see drifted inputs on the pruned path and the fits part."""
+    ids = calibration_batch(8, 16)
+    outputs = {}
+    settings = {"first attention": {"targets": "attention", "keep_last": 2, "ratio": 0.04},
+                "all": {"targets": "both", "keep_last": 0, "ratio": 0.15}}
+    for reconstruction in ("liar", "liar-dense-stats"):
+        for name, setting in settings.items():
+            config = PruneConfig(reconstruction=reconstruction, **setting)
+            model, record = prune(tiny_model("llama"), ids, config, progress=False)
+            outputs[reconstruction, name] = model_output(model, ids)
+            assert all(layer.error < layer.error_none for layer in record.layers)
+    torch.testing.assert_close(outputs["liar", "first attention"], outputs["liar-dense-stats", "first attention"],
+                               rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(outputs["liar", "all"], outputs["liar-dense-stats", "all"], rtol=1e-3, atol=1e-4)
