@@ -144,11 +144,6 @@ class Plan:
         return all(self.criteria[kind].comparable for kind in self.kinds)
 
     @property
-    def two_path(self) -> bool:
-        """Whether the dense model's activations are propagated beside the pruned ones (on some rows)."""
-        return self.recovery.two_path or self.scoring_two_path
-
-    @property
     def scoring_two_path(self) -> bool:
         """Whether the criteria or the reconstruction read the dense model's activations on the scoring rows."""
         return any(self.needs(kind) & TWO_PATH_STATISTICS for kind in self.kinds)
