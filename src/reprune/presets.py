@@ -7,7 +7,8 @@ LLMs Without Retraining", arXiv 2407.19126 (CPAL 2025):
   Alg. 2), heads by count: the k most similar pairs for the ratio's k. The paper's τ (0.16–0.21) is on
   its code's scale (√KL, swapped arguments), not this JS divergence, so it is not borrowed;
   ``criterion_options={"tau": τ}`` still sets a threshold of one's own.
-- ``ffn_criterion="second-moment"``: the data-dependent second-moment metric (§3.2.3).
+- ``ffn_criterion="second-moment"``: the data-dependent second-moment metric (§3.2.3); gated FFNs in the
+  authors' code's form, the best measured of the three (see :mod:`reprune.criteria.second_moment`).
 - ``recovery="goa"``, ``recovery_alpha=1e-4``: greedy two-step recovery of every pruned module before
   scoring (Alg. 1, 3, 4), with the ridge of the authors' code, on ``recovery_samples=1024`` samples of
   their own (§4.1: "an additional 1024 examples"), drawn apart from the 16 scoring samples.
