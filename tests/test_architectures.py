@@ -88,7 +88,7 @@ def test_criteria_read_each_unit_s_rows_of_fused_projections() -> None:
     weight = ffn.level1[0].projection.weight().detach().double()
     gate, up = weight[: ffn.num_units].pow(2).sum(1), weight[ffn.num_units :].pow(2).sum(1)
     out_sq = ffn.level2.weight().detach().double().pow(2).sum(0)
-    torch.testing.assert_close(second_moment_scores(ffn, None), out_sq * gate * up)
+    torch.testing.assert_close(second_moment_scores(ffn, None, "product"), out_sq * gate * up)
     torch.testing.assert_close(level1_row_norms_sq(ffn), gate + up)
     attention = get_adapter(contract_model("gpt_neox")).depth2_modules(0)[0]
     weight = attention.level1[0].projection.weight().detach().double()
