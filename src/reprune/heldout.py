@@ -14,7 +14,7 @@ import torch
 from reprune.adapters import Depth2Module
 from reprune.calibration import RowSet
 from reprune.reconstruction import ReconstructionInput, relative_errors
-from reprune.stats import dense_output_error
+from reprune.stats import CrossMoments, dense_output_error
 
 
 @dataclass(frozen=True)
@@ -26,10 +26,14 @@ class HeldOutErrors:
     recovery_error: float | None  # the unpruned module against the dense model's (None: no dense path)
 
 
+def _against_dense(module: Depth2Module, rows: RowSet, cross: CrossMoments) -> float:
+    """The module's level-2 output error against the dense path's same layer, over the rows of ``cross``."""
+    return dense_output_error(cross, *module.level2.as_target(), *rows.dense_module(module.kind).level2.as_target())
+
+
 def heldout_recovery_error(module: Depth2Module, rows: RowSet) -> float:
     """The module's level-2 output error against the dense model's on the held-out rows, as it is now."""
-    cross = rows.stats(module, frozenset({"level2_cross"})).level2_cross
-    return dense_output_error(cross, *module.level2.as_target(), *rows.dense_module(module.kind).level2.as_target())
+    return _against_dense(module, rows, rows.stats(module, frozenset({"level2_cross"})).level2_cross)
 
 
 def heldout_errors(module: Depth2Module, rows: RowSet, fitted: ReconstructionInput, weight: torch.Tensor,
@@ -41,6 +45,5 @@ def heldout_errors(module: Depth2Module, rows: RowSet, fitted: ReconstructionInp
     error_none, error = relative_errors(replace(fitted, stats=stats), weight, bias)
     recovery_error = None
     if two_path:
-        recovery_error = dense_output_error(stats.level2_cross, *module.level2.as_target(),
-                                            *rows.dense_module(module.kind).level2.as_target())
+        recovery_error = _against_dense(module, rows, stats.level2_cross)
     return HeldOutErrors(error_none, error, recovery_error)
