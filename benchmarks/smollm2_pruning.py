@@ -58,6 +58,8 @@ def parse_args() -> argparse.Namespace:
                    help="also run these presets at each ratio: PRESET or PRESET:RECONSTRUCTION (e.g. goa:liar)")
     p.add_argument("--score-on", default="pruned", type=_split,
                    help="pruned and/or dense: where criteria read statistics (PruneConfig.score_on)")
+    p.add_argument("--keep-first", default="0", type=lambda s: _split(s, int),
+                   help="blocks kept dense at the start (a list: one cell per value)")
     p.add_argument("--targets", default="both", choices=["both", "attention", "ffn"])
     p.add_argument("--calib", default="wiki-embedded", help="'wiki-embedded' or 'self-generated'")
     p.add_argument("--calib-samples", type=int, default=128)
@@ -158,16 +160,17 @@ def main() -> None:
         return log.run(f"{label}-r{config.ratio}-{cal_tag}-{args.targets}-{args.eval_tokens}{suffix}", job)
 
     grid = itertools.product(args.ratios, args.allocations, args.criteria, args.reconstructions, args.recoveries,
-                             args.intercepts, args.score_on)
-    for ratio, allocation, criterion, reconstruction, recovery, intercept, score_on in grid:
+                             args.intercepts, args.score_on, args.keep_first)
+    for ratio, allocation, criterion, reconstruction, recovery, intercept, score_on, keep_first in grid:
         label = (f"{allocation}/{criterion}/{reconstruction}" + ("/goa-recovery" if recovery == "goa" else "")
                  + ("" if intercept == "auto" else f"/intercept-{intercept}")
-                 + ("" if score_on == "pruned" else f"/scores-{score_on}"))
+                 + ("" if score_on == "pruned" else f"/scores-{score_on}")
+                 + ("" if keep_first == 0 else f"/keep-first-{keep_first}"))
         attention_criterion, _, ffn_criterion = criterion.partition("+")
         config = PruneConfig(ratio=ratio, criterion=attention_criterion, attention_criterion=attention_criterion,
                              ffn_criterion=ffn_criterion or attention_criterion, reconstruction=reconstruction,
                              recovery=recovery, allocation=allocation, targets=args.targets, score_on=score_on,
-                             intercept=INTERCEPTS[intercept], num_samples=args.calib_samples,
+                             intercept=INTERCEPTS[intercept], keep_first=keep_first, num_samples=args.calib_samples,
                              seq_len=args.calib_len, device=args.device)
         if not args.logged_only:
             print(f"running {label} at {ratio:.0%} …", flush=True)

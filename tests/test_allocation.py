@@ -1,7 +1,7 @@
 """Budget allocation: achieved ratio within the granularity, kept blocks, GQA legality, unit selection.
 
 Tolerances follow from the granularity of each scheme (``n`` = parameters of one FFN neuron):
-- uniform: every pruned block loses the same number of neurons, so the FFN count is rounded once for
+- uniform (and ffn-first): every pruned block loses the same number of neurons, so the FFN count is rounded once for
   all blocks: |removed − target| ≤ ½ n per pruned block;
 - global: units are taken in score order, heads only while they fit, then neurons refill the budget:
   −½ n ≤ removed − target < n;
@@ -43,7 +43,7 @@ def tolerance(mode: str, budgets, eligible) -> tuple[float, float]:
     n = neuron_cost(budgets)
     step = max(b.step for b in budgets if b.kind == "ffn")
     blocks = len({b.block for b in budgets if b.key in eligible and b.kind == "ffn"})
-    if mode == "uniform":
+    if mode in ("uniform", "ffn-first"):
         return -0.5 * step * n * blocks - 1e-6, 0.5 * step * n * blocks + 1e-6
     rounding = 0.5 * step * n * blocks if step > 1 else 0.0
     largest = max(b.unit_cost for b in budgets if b.key in eligible)
@@ -59,7 +59,7 @@ def gqa6_model():
 
 
 @pytest.mark.parametrize("multiple_of", [1, 8])
-@pytest.mark.parametrize("mode", ["uniform", "global"])
+@pytest.mark.parametrize("mode", ["uniform", "global", "ffn-first"])
 @pytest.mark.parametrize("gqa_mode", ["query", "group"])
 @pytest.mark.parametrize("family", FAMILIES + ["gqa6"])
 def test_allocation_hits_ratio_within_granularity(family, gqa_mode, mode, multiple_of):
@@ -78,12 +78,12 @@ def test_allocation_hits_ratio_within_granularity(family, gqa_mode, mode, multip
             for b in budgets:  # every count is legal: it leaves a multiple of the step
                 assert 0 <= counts[b.key] <= b.max_remove
                 assert counts[b.key] == 0 or (b.num_units - counts[b.key]) % b.step == 0
-            if mode == "uniform":  # same number of heads and of neurons in every block
+            if mode in ("uniform", "ffn-first"):  # same number of heads and of neurons in every block
                 for kind in ("attention", "ffn"):
                     assert len({counts[b.key] for b in budgets if b.kind == kind}) == 1
 
 
-@pytest.mark.parametrize("mode", ["uniform", "global"])
+@pytest.mark.parametrize("mode", ["uniform", "global", "ffn-first"])
 def test_allocation_ffn_only(mode):
     budgets = budgets_of(tiny_model("opt"))
     total = sum(b.total_params for b in budgets)
@@ -93,6 +93,20 @@ def test_allocation_ffn_only(mode):
     assert all(counts[b.key] == 0 for b in budgets if b.kind == "attention")
     low, high = tolerance(mode, budgets, eligible)
     assert low <= removed_params(budgets, counts) - 0.2 * total <= high
+
+
+def test_ffn_first_removes_heads_only_beyond_the_ffns_capacity():
+    budgets = budgets_of(gqa6_model())
+    total = sum(b.total_params for b in budgets)
+    eligible = {b.key for b in budgets}
+    ffn_capacity = sum(b.max_remove * b.unit_cost for b in budgets if b.kind == "ffn")
+    below = allocate(budgets, 0.9 * ffn_capacity / total, "ffn-first", eligible)
+    assert all(below[b.key] == 0 for b in budgets if b.kind == "attention")
+    uniform = allocate(budgets, 0.9 * ffn_capacity / total, "uniform", eligible)
+    assert any(uniform[b.key] > 0 for b in budgets if b.kind == "attention")  # uniform would take heads
+    beyond = allocate(budgets, 1.1 * ffn_capacity / total, "ffn-first", eligible)
+    assert all(beyond[b.key] > 0 for b in budgets if b.kind == "attention")
+    assert removed_params(budgets, beyond) >= 1.1 * ffn_capacity - 0.5 * neuron_cost(budgets) * 2
 
 
 def test_allocation_ratio_zero_removes_nothing():

@@ -5,7 +5,10 @@ same number of heads and of neurons in every pruned block (FLAP's UL-UM); ``glob
 module's scores per layer and removes the lowest units of the whole model, weighting each unit by the
 parameters it removes (AL-AM). Scores that already compare across layers (``standardise=False``, e.g.
 ``obs``'s relative output errors) are ranked as they are: a threshold t then removes, in every module, the
-units whose removal leaves a relative error of at most t. GQA: heads go either in whole KV groups (``gqa_mode='group'``) or as the
+units whose removal leaves a relative error of at most t. ``ffn-first`` takes the budget from the FFN
+of every pruned block alike and removes heads only where the FFNs cannot carry it (then uniformly): on
+SmolLM2 a head costs more perplexity per parameter than a neuron at every ratio measured
+(benchmarks/README.md, "Which units carry the budget"). GQA: heads go either in whole KV groups (``gqa_mode='group'``) or as the
 same number of query heads from every group (``'query'``), so query heads still map evenly to KV heads.
 
 Kept widths are multiples of ``multiple_of`` inner channels (FFN neurons; a head's ``head_dim`` channels,
@@ -27,7 +30,7 @@ from torch import nn
 from reprune.adapters import Depth2Module, ModelAdapter
 from reprune.criteria import unit_scores
 
-AllocationMode = Literal["uniform", "global"]
+AllocationMode = Literal["uniform", "global", "ffn-first"]
 GqaMode = Literal["query", "group"]
 
 
@@ -106,15 +109,17 @@ def module_budget(module: Depth2Module, gqa_mode: GqaMode, multiple_of: int = 1)
                         projection_params(module))
 
 
-def _legal(count: float, budget: ModuleBudget, rounding: Literal["nearest", "down"]) -> int:
-    """The legal removal nearest ``count`` (or the largest not above it): 0, or a removal that leaves a
-    multiple of the step, at most ``max_remove``."""
+def _legal(count: float, budget: ModuleBudget, rounding: Literal["nearest", "down", "up"]) -> int:
+    """The legal removal nearest ``count`` (or the largest not above it, or the smallest not below it): 0,
+    or a removal that leaves a multiple of the step, at most ``max_remove``."""
     offset = budget.num_units % budget.step  # the smallest non-zero removal that leaves a multiple
     steps = (count - offset) / budget.step
     if rounding == "nearest":
         removal = offset + max(int(round(steps)), 0) * budget.step
         if offset and count < offset / 2:
             removal = 0
+    elif rounding == "up":
+        removal = offset + max(math.ceil(steps - 1e-9), 0) * budget.step if count > 1e-9 else 0
     else:
         removal = offset + int(steps + 1e-9) * budget.step if count + 1e-9 >= offset else 0
     return max(0, min(removal, budget.max_remove))
@@ -156,13 +161,15 @@ def allocate(
         return counts
     if mode == "uniform":
         return _uniform(pool, target, counts)
+    if mode == "ffn-first":
+        return _ffn_first(pool, target, counts)
     if mode == "global":
         if scores is None:
             raise ValueError("global allocation needs the scores of every module")
         ranked = {b.key: standardised(scores[b.key]) if standardise else unit_scores(scores[b.key]).to(torch.float64)
                   for b in pool}
         return _global(pool, target, counts, ranked)
-    raise ValueError(f"Unknown allocation {mode!r}; choose 'uniform' or 'global'")
+    raise ValueError(f"Unknown allocation {mode!r}; choose 'uniform', 'global' or 'ffn-first'")
 
 
 def _uniform(pool: list[ModuleBudget], target: float, counts: dict) -> dict[tuple[int, str], int]:
@@ -180,6 +187,25 @@ def _uniform(pool: list[ModuleBudget], target: float, counts: dict) -> dict[tupl
     per_block = max(target - spent, 0.0) / sum(b.unit_cost for b in ffns)
     for b in ffns:
         counts[b.key] = _legal(per_block, b, "nearest")
+    return counts
+
+
+def _ffn_first(pool: list[ModuleBudget], target: float, counts: dict) -> dict[tuple[int, str], int]:
+    """The same number of neurons from every FFN; heads (the same number per block) only for what the FFNs
+    cannot carry, and the FFNs then refill what legal head counts leave over."""
+    heads = [b for b in pool if b.kind == "attention"]
+    ffns = [b for b in pool if b.kind == "ffn"]
+    ffn_capacity = sum(b.max_remove * b.unit_cost for b in ffns)
+    spent = 0.0
+    if heads and target > ffn_capacity:
+        per_block = (target - ffn_capacity) / sum(b.unit_cost for b in heads)
+        for b in heads:
+            counts[b.key] = _legal(per_block, b, "up")
+            spent += counts[b.key] * b.unit_cost
+    if ffns:
+        per_block = max(target - spent, 0.0) / sum(b.unit_cost for b in ffns)
+        for b in ffns:
+            counts[b.key] = _legal(per_block, b, "nearest")
     return counts
 
 
