@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import nn
@@ -169,7 +169,7 @@ def allocate(
         ranked = {b.key: standardised(scores[b.key]) if standardise else unit_scores(scores[b.key]).to(torch.float64)
                   for b in pool}
         return _global(pool, target, counts, ranked)
-    raise ValueError(f"Unknown allocation {mode!r}; choose 'uniform', 'global' or 'ffn-first'")
+    raise ValueError(f"Unknown allocation {mode!r}; choose one of: {', '.join(get_args(AllocationMode))}")
 
 
 def _uniform(pool: list[ModuleBudget], target: float, counts: dict) -> dict[tuple[int, str], int]:
@@ -184,7 +184,12 @@ def _uniform(pool: list[ModuleBudget], target: float, counts: dict) -> dict[tupl
     for b in heads:
         counts[b.key] = _legal(fraction * b.num_units, b, "nearest")
         spent += counts[b.key] * b.unit_cost
-    per_block = max(target - spent, 0.0) / sum(b.unit_cost for b in ffns)
+    return _fill_ffns(ffns, target - spent, counts)
+
+
+def _fill_ffns(ffns: list[ModuleBudget], rest: float, counts: dict) -> dict[tuple[int, str], int]:
+    """The same nearest legal number of neurons from every FFN, so that they remove ``rest`` parameters."""
+    per_block = max(rest, 0.0) / sum(b.unit_cost for b in ffns)
     for b in ffns:
         counts[b.key] = _legal(per_block, b, "nearest")
     return counts
@@ -202,11 +207,7 @@ def _ffn_first(pool: list[ModuleBudget], target: float, counts: dict) -> dict[tu
         for b in heads:
             counts[b.key] = _legal(per_block, b, "up")
             spent += counts[b.key] * b.unit_cost
-    if ffns:
-        per_block = max(target - spent, 0.0) / sum(b.unit_cost for b in ffns)
-        for b in ffns:
-            counts[b.key] = _legal(per_block, b, "nearest")
-    return counts
+    return _fill_ffns(ffns, target - spent, counts) if ffns else counts
 
 
 def standardised(scores: torch.Tensor) -> torch.Tensor:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import get_args
 
 from reprune.adapters import UnsupportedArchitectureError
+from reprune.allocation import AllocationMode
 from reprune.config import INTERCEPTS, PruneConfig
 from reprune.criteria import CRITERIA
 from reprune.data import CorpusError
@@ -26,7 +28,7 @@ def _add_prune_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ffn-criterion", choices=CRITERIA.names())
     parser.add_argument("--reconstruct", choices=RECONSTRUCTIONS.names(), help="level-2 repair (default liar)")
     parser.add_argument("--recovery", choices=RECOVERIES.names(), help="re-fit before pruning (goa: GOA's greedy recovery)")
-    parser.add_argument("--allocation", choices=["uniform", "global", "ffn-first"])
+    parser.add_argument("--allocation", choices=get_args(AllocationMode))
     parser.add_argument("--targets", choices=["both", "attention", "ffn"])
     parser.add_argument("--gqa-mode", choices=["query", "group"])
     parser.add_argument("--score-on", choices=["pruned", "dense"],
