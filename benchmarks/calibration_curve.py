@@ -13,7 +13,7 @@ import argparse
 import copy
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -23,6 +23,7 @@ from reprune.data import calibration_ids
 from reprune.evaluation import perplexity, read_text_file
 from reprune.models import shared_data_dir, smollm2_path
 from reprune import PruneConfig, prune
+from reprune.allocation import AllocationMode
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -32,6 +33,7 @@ def main() -> None:
     p.add_argument("--samples", default="16,32,64,128,256")
     p.add_argument("--reconstructions", default="bias,liar")
     p.add_argument("--criterion", default="flap")
+    p.add_argument("--allocation", default="uniform", choices=get_args(AllocationMode))
     p.add_argument("--ratio", type=float, default=0.5)
     p.add_argument("--calib-len", type=int, default=128)
     p.add_argument("--eval-tokens", type=int, default=8192, help="first N tokens of WikiText-2 test")
@@ -44,12 +46,13 @@ def main() -> None:
     dense = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     text = read_text_file(shared_data_dir() / "wikitext-2-raw" / "canonical" / "wiki.test.raw")
     log = ResultLog(RESULTS / "smollm2-calibration-curve.jsonl")
-    setting = f"{args.criterion}-r{args.ratio}-len{args.calib_len}-{args.eval_tokens}@{args.eval_len}"
+    setting = f"{args.allocation}-{args.criterion}-r{args.ratio}-len{args.calib_len}-{args.eval_tokens}@{args.eval_len}"
     for reconstruction in args.reconstructions.split(","):
         for samples in [int(s) for s in args.samples.split(",")]:
             def job(samples: int = samples, reconstruction: str = reconstruction) -> dict[str, Any]:
                 ids = calibration_ids(tokenizer, "wiki-embedded", samples, args.calib_len, seed=0)
                 config = PruneConfig(ratio=args.ratio, criterion=args.criterion, reconstruction=reconstruction,
+                                     allocation=args.allocation,
                                      num_samples=samples, seq_len=args.calib_len, device=args.device)
                 start = time.perf_counter()
                 model, _ = prune(copy.deepcopy(dense), ids, config, progress=False)
@@ -64,7 +67,7 @@ def main() -> None:
     # every run of this setting so far, from earlier invocations too, so one plot shows all curves
     rows = sorted((r for r in log.rows.values() if r["setting"] == setting),
                   key=lambda r: (r["reconstruction"], r["samples"]))
-    print(f"\nSmolLM2-135M, {args.criterion} at {args.ratio:.0%}, calibration N x {args.calib_len} tokens, "
+    print(f"\nSmolLM2-135M, {args.allocation} {args.criterion} at {args.ratio:.0%}, calibration N x {args.calib_len} tokens, "
           f"WikiText-2 test ppl@{args.eval_len} on the first {args.eval_tokens} tokens\n")
     print(markdown_table(rows, [("reconstruction", "reconstruction", "{}"), ("samples", "samples", "{}"),
                                 (f"ppl@{args.eval_len}", "ppl", "{:.2f}"), ("prune s", "prune_seconds", "{:.1f}")]))

@@ -190,8 +190,10 @@ def prune_smollm2(work: Path, reuse: bool) -> list[Case]:
     tokenizer = AutoTokenizer.from_pretrained(source)
     prompts = [tokenizer(text)["input_ids"] for text in SMOLLM2_PROMPTS]
     cases = [Case("smollm2", "dense", str(source), prompts=prompts)]
-    variants = {"uniform flap + bias 20%": PruneConfig(ratio=0.2, criterion="flap", reconstruction="bias"),
-                "uniform flap + LIAR 20%": PruneConfig(ratio=0.2, criterion="flap", reconstruction="liar"),
+    variants = {"uniform flap + bias 20%": PruneConfig(ratio=0.2, criterion="flap", reconstruction="bias",
+                                                       allocation="uniform"),
+                "uniform flap + LIAR 20%": PruneConfig(ratio=0.2, criterion="flap", reconstruction="liar",
+                                                       allocation="uniform"),
                 "global flap + bias 20%": PruneConfig(ratio=0.2, criterion="flap", reconstruction="bias",
                                                       allocation="global")}
     for variant, config in variants.items():
@@ -258,7 +260,7 @@ def prune_tiny(work: Path, model_type: str, ratio: float, seed: int = 0) -> list
             pruned, record = prune(contract_model(model_type, seed=seed, sizes=SERVE_SIZES,
                                                   **serving_overrides(model_type)), calibration,
                                    PruneConfig(ratio=ratio, criterion="flap", reconstruction=reconstruction,
-                                               batch_size=8), progress=False)
+                                               allocation="uniform", batch_size=8), progress=False)
             save_pruned(pruned, None, folder, record, overwrite=True)
             case.checkpoint, case.sizes = describe(folder)
         except Exception as err:  # noqa: BLE001

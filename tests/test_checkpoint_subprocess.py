@@ -109,7 +109,7 @@ def test_global_llama_loads_with_remote_code(ids, tmp_path):
 
 
 def test_bert_head_pruned_loads_with_remote_code(ids, tmp_path):
-    model, report = prune(tiny_model("bert"), ids, PruneConfig(ratio=0.3, reconstruction="liar"), progress=False)
+    model, report = prune(tiny_model("bert"), ids, PruneConfig(ratio=0.3, allocation="uniform", reconstruction="liar"), progress=False)
     assert all(s.num_heads == 3 for s in report.shapes)  # 3 × 8 ≠ 32: needs the manifest
     expected = model_output(model, ids)
     out = save_pruned(model, None, tmp_path / "bert", report)

@@ -311,6 +311,11 @@ def test_self_generated_ids_refuse_encoders() -> None:
 # --- presets -----------------------------------------------------------------------------------
 
 
+def test_the_default_config_is_the_reprune_method() -> None:
+    """``--method reprune`` names the default: a change to one without the other fails here."""
+    assert preset_config("reprune") == PruneConfig()
+
+
 @pytest.mark.parametrize(("preset", "options"), [("goa", {}), ("goa", {"tau": 0.3}), ("liar", {}), ("reprune", {})])
 def test_preset_prunes_a_tiny_gqa_llama(preset: str, options: dict) -> None:
     model = tiny_model("llama")

@@ -330,7 +330,8 @@ def test_first_layer_errors_recomputed_independently(ids):
     reports = {}
     for mode in MODES:
         _, reports[mode] = prune(tiny_model("llama"), ids, PruneConfig(ratio=0.3, criterion="flap",
-                                                                       reconstruction=mode), progress=False)
+                                                                       reconstruction=mode, allocation="uniform"),
+                                 progress=False)
     model = tiny_model("llama")
     adapter = get_adapter(model)
     acts = capture_block_inputs(model, adapter, ids, 8, torch.device("cpu"))

@@ -29,7 +29,8 @@ def test_residual_tail_propagation_matches_running_the_block(
     ids = calibration_batch(16, 16)
     batches = 2
     config = PruneConfig(ratio=0.3 if targets == "both" else 0.1, criterion="wanda-sp",
-                         reconstruction=reconstruction, recovery=recovery, targets=targets, batch_size=8)
+                         reconstruction=reconstruction, recovery=recovery, targets=targets, allocation="uniform",
+                         batch_size=8)
     calls: list[int] = []
     attention_runs: list[int] = []
     run_block = calibration.run_block

@@ -51,8 +51,8 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     dense["bytes_on_disk"] = 123_456
     (root / "dense_eval.json").write_text(json.dumps(dense))
     for name, ratio in RUNS.items():
-        config = PruneConfig(ratio=ratio, criterion="flap", reconstruction="liar", num_samples=8, seq_len=16,
-                             device="cpu")
+        config = PruneConfig(ratio=ratio, criterion="flap", reconstruction="liar", allocation="uniform", num_samples=8,
+                             seq_len=16, device="cpu")
         model, report = prune(tiny_model("llama"), calibration_batch(8, 16), config, progress=False,
                               heldout=calibration_batch(4, 16, seed=3) if ratio == 0.5 else None)
         report.input_model = "tiny-llama"

@@ -21,7 +21,7 @@ IDS = calibration_batch(16, 16)
 
 def pruned(model_type: str, **fields) -> tuple[torch.nn.Module, RunRecord]:
     overrides = fields.pop("config", {})
-    config = PruneConfig(**{"ratio": 0.3, "reconstruction": "liar", "batch_size": 8, **fields})
+    config = PruneConfig(**{"ratio": 0.3, "reconstruction": "liar", "allocation": "uniform", "batch_size": 8, **fields})
     return prune(contract_model(model_type, **overrides), IDS, config, progress=False)
 
 

@@ -34,7 +34,7 @@ class PruneConfig:
     ffn_criterion: str | None = None  # overrides ``criterion`` for neurons
     reconstruction: str = "liar"  # the best measured repair (benchmarks/README.md); "bias" is FLAP's
     recovery: str = "none"
-    allocation: AllocationMode = "uniform"
+    allocation: AllocationMode = "ffn-first"  # the best measured split (benchmarks/README.md): neurons before heads
     targets: Targets = "both"
     gqa_mode: GqaMode = "query"
     # where criteria read their statistics: "pruned": each block on the path already pruned before it;

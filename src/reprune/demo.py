@@ -89,7 +89,7 @@ def run_demo(ratio: float = 0.3, reconstruction: str = PruneConfig.reconstructio
     text, text_name = _evaluation_text(articles)
     config = PruneConfig(ratio=ratio, reconstruction=reconstruction, num_samples=64, seq_len=128, device=device)
     flap_style = replace(config, criterion="flap", attention_criterion=None, ffn_criterion=None,
-                         reconstruction=BASELINE)
+                         reconstruction=BASELINE, allocation="uniform")
     ids = calibration_ids(tokenizer, articles[:-HELD_OUT_ARTICLES], config.num_samples, config.seq_len, config.seed)
 
     dense = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, trust_remote_code=False)
@@ -100,8 +100,8 @@ def run_demo(ratio: float = 0.3, reconstruction: str = PruneConfig.reconstructio
     columns[f"{config.criterion} + {reconstruction} (reprune)"], record, saved = _pruned_and_measured(
         dense, ids, config, tokenizer, text, Path(out), device)
 
-    print(f"\nPruned {record.parameters.ratio_prunable:.1%} of attention+FFN parameters (uniform, "
-          f"{config.criterion} criterion), "
+    print(f"\nPruned {record.parameters.ratio_prunable:.1%} of attention+FFN parameters ({config.allocation} "
+          f"allocation, {config.criterion} criterion), "
           f"{config.num_samples}×{config.seq_len} calibration tokens of embedded Wikipedia, "
           f"{record.timings.total_seconds:.1f} s for the {reconstruction} run; saved to {saved}")
     print(f"Perplexity on {text_name}, first {EVAL_WINDOWS} windows of {EVAL_SEQ_LEN} tokens; speed at batch 1 (median of {SPEED_REPEATS}), "
