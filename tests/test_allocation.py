@@ -2,7 +2,7 @@
 
 Tolerances follow from the granularity of each scheme (``n`` = parameters of one FFN neuron):
 - uniform (and ffn-first): every pruned block loses the same number of neurons, so the FFN count is rounded once for
-  all blocks: |removed − target| ≤ ½ n per pruned block;
+  all blocks: |removed − target| ≤ ½ n per pruned block; influence rounds each FFN's own count, within the same;
 - global: units are taken in score order, heads only while they fit, then neurons refill the budget:
   −½ n ≤ removed − target < n;
 - kept widths in multiples of ``s`` neurons (``multiple_of``, grouped_mm) widen each FFN count's rounding to
@@ -43,7 +43,7 @@ def tolerance(mode: str, budgets, eligible) -> tuple[float, float]:
     n = neuron_cost(budgets)
     step = max(b.step for b in budgets if b.kind == "ffn")
     blocks = len({b.block for b in budgets if b.key in eligible and b.kind == "ffn"})
-    if mode in ("uniform", "ffn-first"):
+    if mode in ("uniform", "ffn-first", "influence"):
         return -0.5 * step * n * blocks - 1e-6, 0.5 * step * n * blocks + 1e-6
     rounding = 0.5 * step * n * blocks if step > 1 else 0.0
     largest = max(b.unit_cost for b in budgets if b.key in eligible)
@@ -59,7 +59,7 @@ def gqa6_model():
 
 
 @pytest.mark.parametrize("multiple_of", [1, 8])
-@pytest.mark.parametrize("mode", ["uniform", "global", "ffn-first"])
+@pytest.mark.parametrize("mode", ["uniform", "global", "ffn-first", "influence"])
 @pytest.mark.parametrize("gqa_mode", ["query", "group"])
 @pytest.mark.parametrize("family", FAMILIES + ["gqa6"])
 def test_allocation_hits_ratio_within_granularity(family, gqa_mode, mode, multiple_of):
@@ -72,7 +72,8 @@ def test_allocation_hits_ratio_within_granularity(family, gqa_mode, mode, multip
         for seed in range(4):
             g = torch.Generator().manual_seed(seed)
             scores = {b.key: torch.rand(b.num_units, generator=g, dtype=torch.float64) for b in budgets}
-            counts = allocate(budgets, ratio, mode, eligible, scores)
+            similarities = {b.block: float(torch.rand((), generator=g)) for b in budgets}
+            counts = allocate(budgets, ratio, mode, eligible, scores, similarities=similarities)
             error = removed_params(budgets, counts) - ratio * total
             assert low <= error <= high, (ratio, seed, error / neuron_cost(budgets), counts)
             for b in budgets:  # every count is legal: it leaves a multiple of the step
@@ -83,13 +84,13 @@ def test_allocation_hits_ratio_within_granularity(family, gqa_mode, mode, multip
                     assert len({counts[b.key] for b in budgets if b.kind == kind}) == 1
 
 
-@pytest.mark.parametrize("mode", ["uniform", "global", "ffn-first"])
+@pytest.mark.parametrize("mode", ["uniform", "global", "ffn-first", "influence"])
 def test_allocation_ffn_only(mode):
     budgets = budgets_of(tiny_model("opt"))
     total = sum(b.total_params for b in budgets)
     eligible = {b.key for b in budgets if b.kind == "ffn"}
     scores = {b.key: torch.rand(b.num_units, generator=torch.Generator().manual_seed(1)) for b in budgets}
-    counts = allocate(budgets, 0.2, mode, eligible, scores)
+    counts = allocate(budgets, 0.2, mode, eligible, scores, similarities={b.block: 0.5 + b.block for b in budgets})
     assert all(counts[b.key] == 0 for b in budgets if b.kind == "attention")
     low, high = tolerance(mode, budgets, eligible)
     assert low <= removed_params(budgets, counts) - 0.2 * total <= high
@@ -107,6 +108,52 @@ def test_ffn_first_removes_heads_only_beyond_the_ffns_capacity():
     beyond = allocate(budgets, 1.1 * ffn_capacity / total, "ffn-first", eligible)
     assert all(beyond[b.key] > 0 for b in budgets if b.kind == "attention")
     assert removed_params(budgets, beyond) >= 1.1 * ffn_capacity - 0.5 * neuron_cost(budgets) * 2
+
+
+def ffn_budgets(blocks: int, units: int = 64, step: int = 1):
+    """FFN-only budgets of ``blocks`` identical blocks (one parameter per neuron)."""
+    from reprune.allocation import ModuleBudget
+
+    return [ModuleBudget(i, "ffn", units, step, units - step, 1.0, units) for i in range(blocks)]
+
+
+def test_influence_removes_in_proportion_to_similarity():
+    budgets = ffn_budgets(4)
+    eligible = {b.key for b in budgets}
+    counts = allocate(budgets, 0.3, "influence", eligible, similarities={0: 0.0, 1: 0.25, 2: 0.5, 3: 0.5})
+    removed = [counts[(i, "ffn")] for i in range(4)]
+    assert removed[0] == 0  # a block that rewrites its input keeps its FFN whole
+    target = 0.3 * 256
+    assert removed == [0, round(target * 0.25 / 1.25), round(target * 0.5 / 1.25), round(target * 0.5 / 1.25)]
+    # negative similarities count as 0; capped FFNs keep one step and the others carry the rest
+    counts = allocate(budgets, 0.7, "influence", eligible, similarities={0: -0.3, 1: 0.1, 2: 1.0, 3: 1.0})
+    removed = [counts[(i, "ffn")] for i in range(4)]
+    assert removed[0] == 0 and removed[2] == removed[3] == 63
+    assert sum(removed) == pytest.approx(0.7 * 256, abs=1)
+    # all similarities 0: the FFNs share the budget alike
+    counts = allocate(budgets, 0.3, "influence", eligible, similarities=dict.fromkeys(range(4), 0.0))
+    assert {counts[b.key] for b in budgets} == {19}
+
+
+def test_influence_needs_every_pruned_blocks_similarity():
+    budgets = ffn_budgets(3)
+    with pytest.raises(ValueError, match="similarity of every pruned block"):
+        allocate(budgets, 0.3, "influence", {b.key for b in budgets}, similarities={0: 0.5, 1: 0.5})
+    with pytest.raises(ValueError, match="similarity of every pruned block"):
+        allocate(budgets, 0.3, "influence", {b.key for b in budgets})
+
+
+def test_influence_takes_heads_only_beyond_the_ffns_capacity():
+    budgets = budgets_of(gqa6_model())
+    total = sum(b.total_params for b in budgets)
+    eligible = {b.key for b in budgets}
+    ffn_capacity = sum(b.max_remove * b.unit_cost for b in budgets if b.kind == "ffn")
+    similarities = {0: 0.2, 1: 0.9}
+    below = allocate(budgets, 0.5 * ffn_capacity / total, "influence", eligible, similarities=similarities)
+    assert all(below[b.key] == 0 for b in budgets if b.kind == "attention")
+    assert below[(0, "ffn")] < below[(1, "ffn")]
+    beyond = allocate(budgets, 1.1 * ffn_capacity / total, "influence", eligible, similarities=similarities)
+    assert all(beyond[b.key] > 0 for b in budgets if b.kind == "attention")
 
 
 def test_allocation_ratio_zero_removes_nothing():
@@ -162,7 +209,7 @@ def test_unit_cost_matches_real_parameter_count():
             assert params.total_before - params.total_after == pytest.approx(expected, abs=1e-6), family
 
 
-@pytest.mark.parametrize("allocation", ["uniform", "global"])
+@pytest.mark.parametrize("allocation", ["uniform", "global", "influence"])
 @pytest.mark.parametrize("family", ["llama", "bert", "gpt2", "opt"])
 def test_pipeline_achieves_ratio(family, allocation):
     """End to end, from parameter counts of the pruned model (biases that compensation adds excluded)."""
@@ -185,7 +232,7 @@ def test_pipeline_achieves_ratio(family, allocation):
         assert params.ratio_prunable == pytest.approx(removed / params.prunable_before)
 
 
-@pytest.mark.parametrize("allocation", ["uniform", "global"])
+@pytest.mark.parametrize("allocation", ["uniform", "global", "influence"])
 def test_keep_first_and_last_blocks_unchanged(allocation):
     ids = calibration_batch(8, 16)
     reference = tiny_model("llama")  # 3 blocks: only block 1 may be pruned
@@ -281,3 +328,42 @@ def test_projection_params_counts_fused_projection_once():
     c_attn, c_proj = model.transformer.h[0].attn.c_attn, model.transformer.h[0].attn.c_proj
     expected = sum(p.numel() for p in c_attn.parameters()) + sum(p.numel() for p in c_proj.parameters())
     assert projection_params(attention) == expected
+
+
+def test_block_similarities_are_the_cosines_of_the_models_hidden_states():
+    """The similarity pass equals the cosines between consecutive hidden states of one plain forward pass
+    (LLaMA's last hidden state is after the final norm, so the last block is left out)."""
+    from reprune.calibration import capture_block_inputs
+    from reprune.scoring import SIMILARITY_SAMPLES, block_similarities
+
+    model = tiny_model("llama")
+    ids = calibration_batch(SIMILARITY_SAMPLES + 8, 16)
+    adapter = get_adapter(model)
+    acts = capture_block_inputs(model, adapter, ids, 8, torch.device("cpu"))
+    measured = block_similarities(adapter, acts, {0, 1}, torch.device("cpu"), progress=False)
+    with torch.no_grad():
+        hidden = model(ids[:SIMILARITY_SAMPLES], output_hidden_states=True).hidden_states
+    for block in (0, 1):
+        expected = torch.nn.functional.cosine_similarity(hidden[block].double(), hidden[block + 1].double(), dim=-1)
+        assert measured[block] == pytest.approx(float(expected.mean()), abs=1e-6)
+    assert set(measured) == {0, 1}
+
+
+def test_influence_allocation_reads_calibration_even_for_a_data_free_criterion(tmp_path):
+    """magnitude + none reads no statistics, but influence measures the blocks on the calibration rows: a
+    block whose FFN output swamps its input (cosine near 0) keeps more neurons than the others; the per-layer
+    widths save and load back (the manifest)."""
+    from reprune import load, save_pruned
+
+    model = tiny_model("llama")
+    with torch.no_grad():
+        model.model.layers[1].mlp.down_proj.weight.mul_(50.0)
+    model, report = prune(model, calibration_batch(16, 16),
+                          PruneConfig(ratio=0.3, criterion="magnitude", reconstruction="none",
+                                      allocation="influence", multiple_of=1), progress=False)
+    assert report.calibration.used
+    widths = [shape.intermediate_size for shape in report.shapes]
+    assert widths[1] > max(widths[0], widths[2]), widths
+    probe = calibration_batch(2, 8, seed=5)
+    loaded = load(save_pruned(model, None, tmp_path / "influence", report))
+    assert torch.allclose(model_output(loaded, probe), model_output(model, probe), atol=1e-5)

@@ -8,7 +8,10 @@ parameters it removes (AL-AM). Scores that already compare across layers (``stan
 units whose removal leaves a relative error of at most t. ``ffn-first`` takes the budget from the FFN
 of every pruned block alike and removes heads only where the FFNs cannot carry it (then uniformly): on
 SmolLM2 a head costs more perplexity per parameter than a neuron at every ratio measured
-(benchmarks/README.md, "Which units carry the budget"). GQA: heads go either in whole KV groups (``gqa_mode='group'``) or as the
+(benchmarks/README.md, "Which units carry the budget"). ``influence`` splits the FFNs' share by a measured
+similarity per block instead of alike: each FFN loses a fraction of its neurons proportional to how much of its
+block's input the dense block's output keeps (mean cosine, :func:`reprune.scoring.block_similarities`), so a
+block that rewrites the residual stream (SmolLM2's block 0, cosine 0.005) keeps its FFN whole. GQA: heads go either in whole KV groups (``gqa_mode='group'``) or as the
 same number of query heads from every group (``'query'``), so query heads still map evenly to KV heads.
 
 Kept widths are multiples of ``multiple_of`` inner channels (FFN neurons; a head's ``head_dim`` channels,
@@ -30,7 +33,7 @@ from torch import nn
 from reprune.adapters import Depth2Module, ModelAdapter
 from reprune.criteria import unit_scores
 
-AllocationMode = Literal["uniform", "global", "ffn-first"]
+AllocationMode = Literal["uniform", "global", "ffn-first", "influence"]
 GqaMode = Literal["query", "group"]
 
 
@@ -142,9 +145,11 @@ def allocate(
     eligible: set[tuple[int, str]],
     scores: dict[tuple[int, str], torch.Tensor] | None = None,
     standardise: bool = True,
+    similarities: dict[int, float] | None = None,
 ) -> dict[tuple[int, str], int]:
     """Number of units to remove per module so that ``ratio`` of all prunable parameters go (``global``:
-    ranked by ``scores``, each layer's standardised first unless ``standardise`` is False)."""
+    ranked by ``scores``, each layer's standardised first unless ``standardise`` is False; ``influence``:
+    FFNs shared out by each block's ``similarities``)."""
     check_ratio(ratio)
     total = sum(b.total_params for b in budgets)
     target = ratio * total
@@ -163,6 +168,11 @@ def allocate(
         return _uniform(pool, target, counts)
     if mode == "ffn-first":
         return _ffn_first(pool, target, counts)
+    if mode == "influence":
+        if similarities is None or not {b.block for b in pool} <= similarities.keys():
+            raise ValueError("influence allocation needs the similarity of every pruned block "
+                             "(reprune.scoring.block_similarities)")
+        return _ffn_first(pool, target, counts, similarities)
     if mode == "global":
         if scores is None:
             raise ValueError("global allocation needs the scores of every module")
@@ -195,9 +205,11 @@ def _fill_ffns(ffns: list[ModuleBudget], rest: float, counts: dict) -> dict[tupl
     return counts
 
 
-def _ffn_first(pool: list[ModuleBudget], target: float, counts: dict) -> dict[tuple[int, str], int]:
-    """The same number of neurons from every FFN; heads (the same number per block) only for what the FFNs
-    cannot carry, and the FFNs then refill what legal head counts leave over."""
+def _ffn_first(pool: list[ModuleBudget], target: float, counts: dict,
+               similarities: dict[int, float] | None = None) -> dict[tuple[int, str], int]:
+    """The same number of neurons from every FFN (or, with ``similarities``, shares proportional to them);
+    heads (the same number per block) only for what the FFNs cannot carry, and the FFNs then refill what legal
+    head counts leave over."""
     heads = [b for b in pool if b.kind == "attention"]
     ffns = [b for b in pool if b.kind == "ffn"]
     ffn_capacity = sum(b.max_remove * b.unit_cost for b in ffns)
@@ -207,7 +219,34 @@ def _ffn_first(pool: list[ModuleBudget], target: float, counts: dict) -> dict[tu
         for b in heads:
             counts[b.key] = _legal(per_block, b, "up")
             spent += counts[b.key] * b.unit_cost
-    return _fill_ffns(ffns, target - spent, counts) if ffns else counts
+    if not ffns:
+        return counts
+    if similarities is None:
+        return _fill_ffns(ffns, target - spent, counts)
+    return _fill_ffns_in_proportion(ffns, target - spent, counts,
+                                    {b.key: max(similarities[b.block], 0.0) for b in ffns})
+
+
+def _fill_ffns_in_proportion(ffns: list[ModuleBudget], rest: float, counts: dict,
+                             weights: dict[tuple[int, str], float]) -> dict[tuple[int, str], int]:
+    """Each FFN loses the fraction f · weight of its neurons (at most ``max_remove``), f such that they remove
+    ``rest`` parameters; FFNs that reach their cap are set aside and f is found again for the others."""
+    free = list(ffns)
+    while free and rest > 0:
+        demand = sum(weights[b.key] * b.num_units * b.unit_cost for b in free)
+        if demand <= 0:  # the FFNs left all have weight 0 and the budget is not met: they share it alike
+            return _fill_ffns(free, rest, counts)
+        fraction = rest / demand
+        capped = [b for b in free if fraction * weights[b.key] * b.num_units >= b.max_remove]
+        if not capped:
+            for b in free:
+                counts[b.key] = _legal(fraction * weights[b.key] * b.num_units, b, "nearest")
+            return counts
+        for b in capped:
+            counts[b.key] = b.max_remove
+            rest -= b.max_remove * b.unit_cost
+            free.remove(b)
+    return counts
 
 
 def standardised(scores: torch.Tensor) -> torch.Tensor:

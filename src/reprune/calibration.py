@@ -46,6 +46,15 @@ class Activations:
     def clone(self) -> Activations:
         return self.with_hidden([h.clone() for h in self.hidden])
 
+    def first(self, samples: int) -> Activations:
+        """The leading whole batches that hold at least ``samples`` rows (all of them if fewer)."""
+        taken, rows = 0, 0
+        while taken < len(self.hidden) and rows < samples:
+            rows += self.hidden[taken].shape[0]
+            taken += 1
+        return replace(self, hidden=self.hidden[:taken], kwargs=self.kwargs[:taken],
+                       layer_kwargs={name: batches[:taken] for name, batches in self.layer_kwargs.items()})
+
     def at_block(self, index: int) -> Activations:
         """These hidden states with the arguments block ``index`` receives from the model."""
         if not self.layer_types:

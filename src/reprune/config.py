@@ -150,9 +150,10 @@ class Plan:
 
     @property
     def data_free(self) -> bool:
-        """True when nothing reads calibration statistics (e.g. magnitude or random with ``none``): the result
-        cannot depend on the calibration text, so none is run."""
-        return not self.recovery.needs and not any(self.needs(kind) for kind in self.kinds)
+        """True when nothing reads calibration statistics (e.g. magnitude or random with ``none``, and an
+        allocation other than ``influence``): the result cannot depend on the calibration text, so none is run."""
+        return (not self.recovery.needs and not any(self.needs(kind) for kind in self.kinds)
+                and self.config.allocation != "influence")
 
     @property
     def criteria_read_data(self) -> bool:

@@ -31,7 +31,7 @@ from reprune.preflight import check_calibration_ids, check_config, check_finite_
 from reprune.reconstruction import ReconstructionInput, relative_errors
 from reprune.record import CalibrationInfo, LayerRecord, ParameterCounts, RunRecord, Timings
 from reprune.recovery import RecoveryErrors, RecoveryInput
-from reprune.scoring import Scores, check_scores, score_dense_model
+from reprune.scoring import Scores, block_similarities, check_scores, score_dense_model
 from reprune.stats import ModuleStats
 from reprune.stock import complete_level2_biases, resolve_intercepts
 from reprune.surgery import shrink_experts, shrink_module
@@ -92,9 +92,12 @@ def prune(model: nn.Module, calibration: Calibration = "wiki-embedded", config: 
     seconds_capture = time.perf_counter() - started
     if scores is None and (config.allocation == "global" or config.score_on == "dense") and config.ratio > 0:
         scores = score_dense_model(adapter, acts, plan, generator, device, progress)
+    similarities = None
+    if config.allocation == "influence" and acts is not None and plan.eligible and config.ratio > 0:
+        similarities = block_similarities(adapter, acts, {block for block, _ in plan.eligible}, device, progress)
     budgets = [module_budget(m, config.gqa_mode, config.multiple_of) for i in range(plan.num_blocks) for m in adapter.depth2_modules(i)]
     counts = allocate(budgets, config.ratio, config.allocation, plan.eligible, scores,
-                      standardise=not plan.comparable_scores)
+                      standardise=not plan.comparable_scores, similarities=similarities)
 
     layers: list[LayerRecord] = []
     selection_scores = scores if config.score_on == "dense" else None

@@ -1,9 +1,12 @@
-"""The scoring pass: every eligible module's scores on the dense model, before pruning.
+"""The scoring passes over the dense model, before pruning: module scores, and block similarities.
 
 Global allocation ranks units across layers, so it needs all layers' scores at once; ``score_on='dense'``
 chooses each module's units by them too, as FLAP does. Each block runs
 once per batch for the statistics of all its modules, and a criterion that reads only per-channel
 moments gets no Gram; with no criterion reading statistics no block is run at all.
+
+``influence`` allocation reads one number per block instead: how much of its input the block's output keeps
+(mean cosine similarity, 1 − ShortGPT's block influence), from the first :data:`SIMILARITY_SAMPLES` samples.
 """
 
 from __future__ import annotations
@@ -12,12 +15,16 @@ import torch
 from tqdm.auto import tqdm
 
 from reprune.adapters import Depth2Module, ModelAdapter, ModuleKind
-from reprune.calibration import Activations, collect_block_stats
+from reprune.calibration import Activations, collect_block_stats, run_block
 from reprune.config import Plan
 from reprune.criteria import unit_scores
 from reprune.stats import ModuleStats
 
 Scores = dict[tuple[int, ModuleKind], torch.Tensor]
+# samples the block similarities are measured on: a mean of bounded per-token cosines, which 16 samples pin
+# down to the allocation's rounding (benchmarks/README.md, "Allocation by block influence"), at an eighth of a
+# forward pass over the default 128 samples
+SIMILARITY_SAMPLES = 16
 
 
 def score_dense_model(adapter: ModelAdapter, acts: Activations | None, plan: Plan, generator: torch.Generator,
@@ -74,3 +81,26 @@ def check_scores(adapter: ModelAdapter, scores: Scores, plan: Plan) -> None:
             raise ValueError(f"the given scores of {module.name} have shape {shape}, not ({module.num_units},) "
                              f"or ({module.num_units}, {module.unit_width}): they belong to another model "
                              "(or to a pruned one)")
+
+
+def block_similarities(adapter: ModelAdapter, acts: Activations, blocks: set[int], device: torch.device,
+                       progress: bool = True, samples: int = SIMILARITY_SAMPLES) -> dict[int, float]:
+    """Mean cosine similarity between each of ``blocks``' input and output hidden states on the dense model,
+    over every token of the first ``samples`` samples (``acts``: block 0's inputs).
+
+    A block that rewrites the residual stream (SmolLM2's block 0: 0.005) scores near 0, one that adds a little
+    to it near 1; ``influence`` allocation removes neurons in proportion to it."""
+    acts = acts.first(samples)
+    similarities: dict[int, float] = {}
+    for index in tqdm(range(max(blocks) + 1), desc="block similarities", leave=False, disable=not progress):
+        block = adapter.blocks()[index]
+        home = next(block.parameters()).device
+        block.to(device)
+        step = acts.at_block(index)
+        acts = run_block(block, step)
+        block.to(home)
+        if index in blocks:
+            cosines = [torch.nn.functional.cosine_similarity(x.to(torch.float64), y.to(torch.float64), dim=-1)
+                       for x, y in zip(step.hidden, acts.hidden)]
+            similarities[index] = float(torch.cat([c.reshape(-1) for c in cosines]).mean())
+    return similarities
