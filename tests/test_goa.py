@@ -316,7 +316,8 @@ def test_the_default_config_is_the_reprune_method() -> None:
     assert preset_config("reprune") == PruneConfig()
 
 
-@pytest.mark.parametrize(("preset", "options"), [("goa", {}), ("goa", {"tau": 0.3}), ("liar", {}), ("reprune", {})])
+@pytest.mark.parametrize(("preset", "options"), [("goa", {}), ("goa", {"tau": 0.3}), ("liar", {}), ("reprune", {}),
+                                                  ("reprune-influence", {})])
 def test_preset_prunes_a_tiny_gqa_llama(preset: str, options: dict) -> None:
     model = tiny_model("llama")
     before = sum(p.numel() for p in model.parameters())

@@ -21,14 +21,17 @@ def _add_prune_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder (written atomically)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.add_argument("--method", choices=sorted(PRESETS),
-                        help="a named configuration: a paper's (goa, liar) or reprune's best measured (overridable)")
+                        help="a named configuration: a paper's (goa, liar), reprune's best measured with a stock output "
+                             "(reprune, the default) or with per-layer widths (reprune-influence); fields overridable")
     parser.add_argument("--ratio", type=float, default=0.3, help="fraction of prunable parameters to remove")
     parser.add_argument("--criterion", choices=CRITERIA.names(), help="unit scores (default obs-flap: heads by obs, neurons by flap)")
     parser.add_argument("--attention-criterion", choices=CRITERIA.names())
     parser.add_argument("--ffn-criterion", choices=CRITERIA.names())
     parser.add_argument("--reconstruct", choices=RECONSTRUCTIONS.names(), help="level-2 repair (default liar)")
     parser.add_argument("--recovery", choices=RECOVERIES.names(), help="re-fit before pruning (goa: GOA's greedy recovery)")
-    parser.add_argument("--allocation", choices=get_args(AllocationMode))
+    parser.add_argument("--allocation", choices=get_args(AllocationMode),
+                        help="how the budget is shared among blocks (default ffn-first; influence: lowest perplexity, "
+                             "per-layer widths)")
     parser.add_argument("--targets", choices=["both", "attention", "ffn"])
     parser.add_argument("--gqa-mode", choices=["query", "group"])
     parser.add_argument("--score-on", choices=["pruned", "dense"],

@@ -30,7 +30,13 @@ LLMs Without Retraining", arXiv 2407.19126 (CPAL 2025):
 FLAP's code, and the obs criterion"): ``criterion="obs-flap"``, heads chosen by ``obs`` (greedy structured OBS: the head whose removal
 LIAR repairs worst goes last), neurons by ``flap``, ``allocation="ffn-first"`` (the budget from every FFN alike,
 heads only beyond what the FFNs can lose: "Which units carry the budget"); every other field is the ``liar``
-preset's.
+preset's. Its outputs are stock checkpoints (one FFN width for all blocks), which is why it is the default.
+
+``reprune-influence`` — the lowest perplexity measured (benchmarks/README.md, "Allocation by block influence"):
+``reprune`` with ``allocation="influence"``, each FFN's share of the budget proportional to how much of its input
+the dense block's output keeps, so a block that rewrites the residual stream keeps its neurons. Its FFN widths
+differ per block, which a stock config cannot state: its checkpoints load with ``reprune.load`` or
+``trust_remote_code=True`` (the manifest), and vLLM does not serve them.
 
 Any field can still be overridden: ``preset_config("goa", ratio=0.5, criterion_options={"tau": 0.1})``.
 """
@@ -74,6 +80,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # benchmarks/README.md: obs heads beat flap heads under LIAR, uniform, at 20, 35 and 50 %; taking the budget
     # from the FFNs first beats uniform at all three (SmolLM2 perplexity, MiniLM STS-B)
     "reprune": {**LIAR, "criterion": "obs-flap", "allocation": "ffn-first"},
+    # benchmarks/README.md: influence beats ffn-first at 20, 35 and 50 % (SmolLM2) but needs per-layer widths
+    "reprune-influence": {**LIAR, "criterion": "obs-flap", "allocation": "influence"},
 }
 
 
