@@ -133,8 +133,9 @@ def test_uniform_expert_widths_save_as_plain_transformers(model_type: str, tmp_p
     torch.testing.assert_close(model_output(loaded, IDS), expected, rtol=0, atol=1e-5)
 
 
-def test_expert_biases_and_per_layer_widths_go_through_the_manifest(tmp_path) -> None:
-    model, record = prune(contract_model("mixtral"), IDS, PruneConfig(ratio=0.3, allocation="global",
+@pytest.mark.parametrize("allocation", ["global", "influence"])
+def test_expert_biases_and_per_layer_widths_go_through_the_manifest(allocation: str, tmp_path) -> None:
+    model, record = prune(contract_model("mixtral"), IDS, PruneConfig(ratio=0.3, allocation=allocation,
                                                                       reconstruction="liar", intercept=True),
                           progress=False)
     expected = model_output(model, IDS)
@@ -142,7 +143,7 @@ def test_expert_biases_and_per_layer_widths_go_through_the_manifest(tmp_path) ->
     manifest = transformers.AutoConfig.from_pretrained(out).reprune_manifest
     assert set(manifest["expert_biases"]) == {f"model.layers.{i}.mlp.experts" for i in range(2)}
     assert any(name.endswith("experts.down_proj") for name in manifest["parameters"])
-    assert all(shape.intermediate_size % 4 == 0 for shape in record.shapes)  # global steps are grouped_mm's too
+    assert all(shape.intermediate_size % 4 == 0 for shape in record.shapes)  # per-layer steps are grouped_mm's too
     loaded = load(out)
     assert get_adapter(loaded).layer_shapes() == record.shapes
     torch.testing.assert_close(model_output(loaded, IDS), expected, rtol=0, atol=1e-5)

@@ -11,7 +11,7 @@ SmolLM2 a head costs more perplexity per parameter than a neuron at every ratio 
 (benchmarks/README.md, "Which units carry the budget"). ``influence`` splits the FFNs' share by a measured
 similarity per block instead of alike: each FFN loses a fraction of its neurons proportional to how much of its
 block's input the dense block's output keeps (mean cosine, :func:`reprune.scoring.block_similarities`), so a
-block that rewrites the residual stream (SmolLM2's block 0, cosine 0.005) keeps its FFN whole. GQA: heads go either in whole KV groups (``gqa_mode='group'``) or as the
+block that rewrites the residual stream (SmolLM2's block 0, cosine about 0.01) keeps its FFN whole. GQA: heads go either in whole KV groups (``gqa_mode='group'``) or as the
 same number of query heads from every group (``'query'``), so query heads still map evenly to KV heads.
 
 Kept widths are multiples of ``multiple_of`` inner channels (FFN neurons; a head's ``head_dim`` channels,
@@ -169,9 +169,10 @@ def allocate(
     if mode == "ffn-first":
         return _ffn_first(pool, target, counts)
     if mode == "influence":
-        if similarities is None or not {b.block for b in pool} <= similarities.keys():
-            raise ValueError("influence allocation needs the similarity of every pruned block "
-                             "(reprune.scoring.block_similarities)")
+        missing = sorted({b.block for b in pool} - (similarities or {}).keys())
+        if missing:
+            raise ValueError(f"influence allocation needs the similarity of every pruned block, but blocks {missing} "
+                             "have none: measure them with reprune.scoring.block_similarities")
         return _ffn_first(pool, target, counts, similarities)
     if mode == "global":
         if scores is None:

