@@ -353,7 +353,7 @@ def test_influence_allocation_reads_calibration_even_for_a_data_free_criterion(t
     """magnitude + none reads no statistics, but influence measures the blocks on the calibration rows: a
     block whose FFN output swamps its input (cosine near 0) keeps more neurons than the others; the per-layer
     widths save and load back (the manifest)."""
-    from reprune import load, save_pruned
+    from reprune import RunRecord, load, save_pruned
 
     model = tiny_model("llama")
     with torch.no_grad():
@@ -364,6 +364,11 @@ def test_influence_allocation_reads_calibration_even_for_a_data_free_criterion(t
     assert report.calibration.used
     widths = [shape.intermediate_size for shape in report.shapes]
     assert widths[1] > max(widths[0], widths[2]), widths
+    assert set(report.block_similarities) == {0, 1, 2}
+    assert report.block_similarities[1] < min(report.block_similarities[0], report.block_similarities[2])
     probe = calibration_batch(2, 8, seed=5)
-    loaded = load(save_pruned(model, None, tmp_path / "influence", report))
-    assert torch.allclose(model_output(loaded, probe), model_output(model, probe), atol=1e-5)
+    out = save_pruned(model, None, tmp_path / "influence", report)
+    assert torch.allclose(model_output(load(out), probe), model_output(model, probe), atol=1e-5)
+    assert RunRecord.read(out).block_similarities == report.block_similarities
+    card = (out / "README.md").read_text()
+    assert f"| block input-output cosines (dense) | 0: {report.block_similarities[0]:.3f}, 1: " in card

@@ -118,6 +118,7 @@ def prune(model: nn.Module, calibration: Calibration = "wiki-embedded", config: 
         versions={"torch": torch.__version__, "transformers": transformers.__version__,
                   "python": platform.python_version()},
         intercepts=dict(plan.intercepts),
+        block_similarities=similarities or {},
     )
     return model, record
 

@@ -101,6 +101,8 @@ class RunRecord:
     plain_transformers: bool | None = None  # set when saved: loads with plain from_pretrained
     saved_architecture: str | None = None  # set when saved: the class config.json names (a stock rewrite's)
     intercepts: dict[str, bool] = field(default_factory=dict)  # per pruned kind: may reconstruction add a bias
+    # per pruned block: the dense input-output cosine that ``influence`` allocation shared the budget by
+    block_similarities: dict[int, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -131,6 +133,8 @@ class RunRecord:
             plain_transformers=data.get("plain_transformers"),
             saved_architecture=data.get("saved_architecture"),
             intercepts=dict(data.get("intercepts", {})),
+            block_similarities={int(block): float(value)
+                                for block, value in data.get("block_similarities", {}).items()},
         )
 
     @classmethod
