@@ -117,20 +117,24 @@ def ffn_budgets(blocks: int, units: int = 64, step: int = 1):
     return [ModuleBudget(i, "ffn", units, step, units - step, 1.0, units) for i in range(blocks)]
 
 
-def test_influence_removes_in_proportion_to_similarity():
+def test_influence_removes_in_proportion_to_similarity_below_one_half():
     budgets = ffn_budgets(4)
     eligible = {b.key for b in budgets}
-    counts = allocate(budgets, 0.3, "influence", eligible, similarities={0: 0.0, 1: 0.25, 2: 0.5, 3: 0.5})
-    removed = [counts[(i, "ffn")] for i in range(4)]
-    assert removed[0] == 0  # a block that rewrites its input keeps its FFN whole
     target = 0.3 * 256
-    assert removed == [0, round(target * 0.25 / 1.25), round(target * 0.5 / 1.25), round(target * 0.5 / 1.25)]
-    # negative similarities count as 0; capped FFNs keep one step and the others carry the rest
+    counts = allocate(budgets, 0.3, "influence", eligible, similarities={0: 0.0, 1: 0.125, 2: 0.25, 3: 0.9})
+    removed = [counts[(i, "ffn")] for i in range(4)]
+    weights = [0.0, 0.25, 0.5, 1.0]  # cosine / ½, at most 1
+    assert removed[0] == 0  # a block that rewrites its input keeps its FFN whole
+    assert removed == [round(target * w / sum(weights)) for w in weights]
+    # blocks that keep their input's direction (cosine ≥ ½) lose alike, as in ffn-first
+    counts = allocate(budgets, 0.3, "influence", eligible, similarities={0: 0.5, 1: 0.6, 2: 0.8, 3: 0.99})
+    assert counts == allocate(budgets, 0.3, "ffn-first", eligible)
+    # negative cosines count as 0; capped FFNs keep one step and the others carry the rest
     counts = allocate(budgets, 0.7, "influence", eligible, similarities={0: -0.3, 1: 0.1, 2: 1.0, 3: 1.0})
     removed = [counts[(i, "ffn")] for i in range(4)]
     assert removed[0] == 0 and removed[2] == removed[3] == 63
     assert sum(removed) == pytest.approx(0.7 * 256, abs=1)
-    # all similarities 0: the FFNs share the budget alike
+    # all cosines 0: the FFNs share the budget alike
     counts = allocate(budgets, 0.3, "influence", eligible, similarities=dict.fromkeys(range(4), 0.0))
     assert {counts[b.key] for b in budgets} == {19}
 

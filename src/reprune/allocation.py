@@ -8,11 +8,14 @@ parameters it removes (AL-AM). Scores that already compare across layers (``stan
 units whose removal leaves a relative error of at most t. ``ffn-first`` takes the budget from the FFN
 of every pruned block alike and removes heads only where the FFNs cannot carry it (then uniformly): on
 SmolLM2 a head costs more perplexity per parameter than a neuron at every ratio measured
-(benchmarks/README.md, "Which units carry the budget"). ``influence`` splits the FFNs' share by a measured
-similarity per block instead of alike: each FFN loses a fraction of its neurons proportional to how much of its
-block's input the dense block's output keeps (mean cosine, :func:`reprune.scoring.block_similarities`), so a
-block that rewrites the residual stream (SmolLM2's block 0, cosine about 0.01) keeps its FFN whole. GQA: heads go either in whole KV groups (``gqa_mode='group'``) or as the
-same number of query heads from every group (``'query'``), so query heads still map evenly to KV heads.
+(benchmarks/README.md, "Which units carry the budget"). ``influence`` protects the blocks that rewrite the
+residual stream: each FFN loses a fraction of its neurons proportional to min(c / ½, 1), c its block's input-output
+cosine on the dense model (:func:`reprune.scoring.block_similarities`). Blocks that keep their input's direction
+(c ≥ ½) lose alike, as in ffn-first; a block below that loses in proportion to c (SmolLM2's block 0, c about 0.01,
+keeps its FFN whole). Shares proportional to c itself also protected blocks that only refine the stream (c 0.6-0.9),
+which cost more than it saved on Gemma-3 (benchmarks/README.md, "Allocation by block influence").
+GQA: heads go either in whole KV groups (``gqa_mode='group'``) or as the same number of query heads from every
+group (``'query'``), so query heads still map evenly to KV heads.
 
 Kept widths are multiples of ``multiple_of`` inner channels (FFN neurons; a head's ``head_dim`` channels,
 so heads of 64 are already multiples of 8), which the matmul kernels run at full speed where an odd width
@@ -34,6 +37,7 @@ from reprune.adapters import Depth2Module, ModelAdapter
 from reprune.criteria import unit_scores
 
 AllocationMode = Literal["uniform", "global", "ffn-first", "influence"]
+REWRITE_COSINE = 0.5  # influence: a block whose input-output cosine is below this rewrites the stream
 GqaMode = Literal["query", "group"]
 
 
@@ -208,7 +212,7 @@ def _fill_ffns(ffns: list[ModuleBudget], rest: float, counts: dict) -> dict[tupl
 
 def _ffn_first(pool: list[ModuleBudget], target: float, counts: dict,
                similarities: dict[int, float] | None = None) -> dict[tuple[int, str], int]:
-    """The same number of neurons from every FFN (or, with ``similarities``, shares proportional to them);
+    """The same number of neurons from every FFN (or, with ``similarities``, shares by :func:`influence_weight`);
     heads (the same number per block) only for what the FFNs cannot carry, and the FFNs then refill what legal
     head counts leave over."""
     heads = [b for b in pool if b.kind == "attention"]
@@ -224,8 +228,13 @@ def _ffn_first(pool: list[ModuleBudget], target: float, counts: dict,
         return counts
     if similarities is None:
         return _fill_ffns(ffns, target - spent, counts)
-    return _fill_ffns_in_proportion(ffns, target - spent, counts,
-                                    {b.key: max(similarities[b.block], 0.0) for b in ffns})
+    return _fill_ffns_in_proportion(ffns, target - spent, counts, {b.key: influence_weight(similarities[b.block])
+                                                                   for b in ffns})
+
+
+def influence_weight(cosine: float) -> float:
+    """An FFN's share of the budget under ``influence``, relative to a block that keeps its input's direction."""
+    return min(max(cosine, 0.0) / REWRITE_COSINE, 1.0)
 
 
 def _fill_ffns_in_proportion(ffns: list[ModuleBudget], rest: float, counts: dict,

@@ -84,7 +84,7 @@ def _method_section(record: RunRecord) -> list[str]:
             ("prunable parameters removed", f"{counts.ratio_prunable:.1%} ({counts.prunable_before:,} → "
                                             f"{counts.prunable_after:,})"),
             ("all parameters removed", f"{counts.ratio_total:.1%} ({counts.total_before:,} → {counts.total_after:,})")]
-    if record.block_similarities:  # influence: what each FFN's share was proportional to
+    if record.block_similarities:  # influence: what each FFN's share was set by
         rows.append(("block input-output cosines (dense)",
                      ", ".join(f"{block}: {value:.3f}" for block, value in sorted(record.block_similarities.items()))))
     return ["## Pruning", "", "| setting | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows), ""]

@@ -33,8 +33,8 @@ heads only beyond what the FFNs can lose: "Which units carry the budget"); every
 preset's. Its outputs are stock checkpoints (one FFN width for all blocks), which is why it is the default.
 
 ``reprune-influence`` — the lowest perplexity measured (benchmarks/README.md, "Allocation by block influence"):
-``reprune`` with ``allocation="influence"``, each FFN's share of the budget proportional to how much of its input
-the dense block's output keeps, so a block that rewrites the residual stream keeps its neurons. Its FFN widths
+``reprune`` with ``allocation="influence"``: the FFNs of blocks that rewrite the residual stream (input-output
+cosine below ½ on the dense model) lose neurons in proportion to that cosine, the others alike. Its FFN widths
 differ per block, which a stock config cannot state: its checkpoints load with ``reprune.load`` or
 ``trust_remote_code=True`` (the manifest), and vLLM does not serve them.
 
@@ -80,7 +80,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # benchmarks/README.md: obs heads beat flap heads under LIAR, uniform, at 20, 35 and 50 %; taking the budget
     # from the FFNs first beats uniform at all three (SmolLM2 perplexity, MiniLM STS-B)
     "reprune": {**LIAR, "criterion": "obs-flap", "allocation": "ffn-first"},
-    # benchmarks/README.md: influence beats ffn-first at 20, 35 and 50 % (SmolLM2) but needs per-layer widths
+    # benchmarks/README.md: influence beats ffn-first on SmolLM2 (and Gemma-3 at 50 %) but needs per-layer widths
     "reprune-influence": {**LIAR, "criterion": "obs-flap", "allocation": "influence"},
 }
 

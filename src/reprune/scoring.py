@@ -89,7 +89,8 @@ def block_similarities(adapter: ModelAdapter, acts: Activations, blocks: set[int
     over every token of the first ``samples`` samples (``acts``: block 0's inputs).
 
     A block that rewrites the residual stream (SmolLM2's block 0: about 0.01) scores near 0, one that adds a little
-    to it near 1; ``influence`` allocation removes neurons in proportion to it."""
+    to it near 1; ``influence`` allocation spares the FFNs of blocks below ½
+    (:func:`reprune.allocation.influence_weight`)."""
     acts = acts.first(samples)
     similarities: dict[int, float] = {}
     for index in tqdm(range(max(blocks) + 1), desc="block similarities", leave=False, disable=not progress):
