@@ -48,15 +48,14 @@ def main() -> None:
     full = block_similarities(adapter, acts, blocks, device, samples=args.calib_samples)
     budgets = [module_budget(m, "query", args.multiple_of) for i in sorted(blocks) for m in adapter.depth2_modules(i)]
     eligible = {b.key for b in budgets}
+    ffns = [b for b in budgets if b.kind == "ffn"]
     rows = [{"block": i, "subset": subset[i], "full": full[i]} for i in sorted(blocks)]
+    allocations = {"ffn-first": ("ffn-first", subset), "influence": ("influence", subset), "full": ("influence", full)}
     for ratio in args.ratios:
-        for mode in ("ffn-first", "influence"):
-            counts = allocate(budgets, ratio, mode, eligible, similarities=subset)
-            for row, budget in zip(rows, (b for b in budgets if b.kind == "ffn")):
-                row[f"{mode}@{ratio}"] = budget.num_units - counts[budget.key]
-        counts_full = allocate(budgets, ratio, "influence", eligible, similarities=full)
-        for row, budget in zip(rows, (b for b in budgets if b.kind == "ffn")):
-            row[f"full@{ratio}"] = budget.num_units - counts_full[budget.key]
+        for column, (mode, similarities) in allocations.items():
+            counts = allocate(budgets, ratio, mode, eligible, similarities=similarities)
+            for row, budget in zip(rows, ffns):
+                row[f"{column}@{ratio}"] = budget.num_units - counts[budget.key]
     columns = [("block", "block", "{}"), (f"cosine ({SIMILARITY_SAMPLES} samples)", "subset", "{:.4f}"),
                (f"cosine ({args.calib_samples} samples)", "full", "{:.4f}")]
     for ratio in args.ratios:

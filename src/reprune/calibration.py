@@ -141,6 +141,17 @@ def _to_device(value: Any, device: torch.device) -> Any:
 
 
 @contextmanager
+def on_device(block: nn.Module, device: torch.device) -> Iterator[nn.Module]:
+    """``block`` on ``device`` for the duration, then back where its parameters were (one block at a time)."""
+    home = next(block.parameters()).device
+    block.to(device)
+    try:
+        yield block
+    finally:
+        block.to(home)
+
+
+@contextmanager
 def attention_implementation(config: Any, implementation: str | None) -> Iterator[None]:
     """Temporarily set a transformers config's attention implementation (``None``: leave it alone).
 

@@ -93,7 +93,7 @@ def prune(model: nn.Module, calibration: Calibration = "wiki-embedded", config: 
     if scores is None and (config.allocation == "global" or config.score_on == "dense") and config.ratio > 0:
         scores = score_dense_model(adapter, acts, plan, generator, device, progress)
     similarities = None
-    if config.allocation == "influence" and acts is not None and plan.eligible and config.ratio > 0:
+    if config.allocation == "influence" and config.ratio > 0:  # influence makes a run read data: acts exist
         similarities = block_similarities(adapter, acts, {block for block, _ in plan.eligible}, device, progress)
     budgets = [module_budget(m, config.gqa_mode, config.multiple_of) for i in range(plan.num_blocks) for m in adapter.depth2_modules(i)]
     counts = allocate(budgets, config.ratio, config.allocation, plan.eligible, scores,

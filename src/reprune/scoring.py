@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from reprune.adapters import Depth2Module, ModelAdapter, ModuleKind
-from reprune.calibration import Activations, collect_block_stats, run_block
+from reprune.calibration import Activations, collect_block_stats, on_device, run_block
 from reprune.config import Plan
 from reprune.criteria import unit_scores
 from reprune.stats import ModuleStats
@@ -39,12 +39,9 @@ def score_dense_model(adapter: ModelAdapter, acts: Activations | None, plan: Pla
         if acts is None:
             stats = [ModuleStats() for _ in modules]
         else:
-            block = adapter.blocks()[index]
-            home = next(block.parameters()).device
-            block.to(device)
-            stats, acts = collect_block_stats(block, modules, [plan.criteria[m.kind].needs for m in modules],
-                                              acts.at_block(index))
-            block.to(home)
+            with on_device(adapter.blocks()[index], device) as block:
+                stats, acts = collect_block_stats(block, modules, [plan.criteria[m.kind].needs for m in modules],
+                                                  acts.at_block(index))
         for module, module_stats in zip(modules, stats):
             scores[(index, module.kind)] = module_scores(plan, module, module_stats, generator).cpu()
     return scores
@@ -94,12 +91,9 @@ def block_similarities(adapter: ModelAdapter, acts: Activations, blocks: set[int
     acts = acts.first(samples)
     similarities: dict[int, float] = {}
     for index in tqdm(range(max(blocks) + 1), desc="block similarities", leave=False, disable=not progress):
-        block = adapter.blocks()[index]
-        home = next(block.parameters()).device
-        block.to(device)
         step = acts.at_block(index)
-        acts = run_block(block, step)
-        block.to(home)
+        with on_device(adapter.blocks()[index], device) as block:
+            acts = run_block(block, step)
         if index in blocks:
             cosines = [torch.nn.functional.cosine_similarity(x.to(torch.float64), y.to(torch.float64), dim=-1)
                        for x, y in zip(step.hidden, acts.hidden)]
