@@ -399,8 +399,9 @@ class RowSet:
 
 
 def _empty_stats(needs: frozenset[str]) -> ModuleStats:
-    """The moments that ``needs`` asks for, before any row; cross moments share the pruned path's."""
-    stats = ModuleStats()
+    """The moments that ``needs`` asks for, before any row; cross moments share the pruned path's, and
+    ``level2_folds`` makes the level-2 input's moments keep their folds too."""
+    stats = ModuleStats(level2_in=Moments.folded() if "level2_folds" in needs else Moments())
     if {"level1_in", "level1_cross"} & needs:
         stats.level1_in = Moments()
     if "level2_cross" in needs:

@@ -14,11 +14,13 @@ STATISTICS: dict[str, str] = {
     "level2_diag": "per-channel mean and sum of squares of the level-2 input (pruned path)",
     "level2_in": "full Gram of the level-2 input (pruned path)",
     "level1_in": "Gram of the module input after its norm (pruned path)",
+    "level2_folds": "full Gram of the level-2 input, also per fold of the calibration sequences (cross-validation)",
     "level2_cross": "level-2 input paired with the dense path's (two-path)",
     "level1_cross": "module input paired with the dense path's (two-path)",
     "head_divergence": "(heads x heads) mean Jensen-Shannon divergence of attention rows (eager attention)",
 }
 TWO_PATH_STATISTICS = frozenset({"level2_cross", "level1_cross"})
+CV_FOLDS = 4  # folds of ``level2_folds``: sequence i (or, for rows without a sequence axis, batch i) goes to i mod 4
 
 
 def declared_statistics(names: Iterable[str], owner: str) -> frozenset[str]:
@@ -35,7 +37,8 @@ class Moments:
     """Count, sum and Gram of the rows of X: ``n``, ``s = X^T 1``, ``G = X^T X`` (float64).
 
     ``diagonal_only`` keeps ``diag(G)`` alone (``squares``, no ``gram``): per-channel moments for criteria
-    that read nothing else, at a fraction of the cost of a wide Gram.
+    that read nothing else, at a fraction of the cost of a wide Gram. ``folds`` (see :meth:`folded`) also keep
+    the moments of each fold of the rows, for cross-validation; the totals are their sums, at no extra Gram.
     """
 
     n: int = 0
@@ -43,6 +46,14 @@ class Moments:
     gram: torch.Tensor | None = None
     diagonal_only: bool = False
     squares: torch.Tensor | None = None
+    folds: list[Moments] | None = None
+    position: int = 0  # sequences (or batches of 2-D rows) seen: where the next one's fold starts
+
+    @classmethod
+    def folded(cls, count: int = CV_FOLDS) -> Moments:
+        """Moments that also keep ``count`` folds: a batch's sequence i goes to fold (position + i) mod count;
+        rows without a sequence axis (a mixture expert's routed tokens) go whole, batch by batch."""
+        return cls(folds=[cls() for _ in range(count)])
 
     def update(self, rows: torch.Tensor) -> None:
         """Add a (..., d) batch of rows; NaN or Inf activations are a hard error (the model is broken).
@@ -50,6 +61,20 @@ class Moments:
         One batch's Gram is formed in float32 (a few thousand rows: rounding ~1e-7 relative, far below
         the ridge) and the running sums are kept in float64, so long calibration runs do not drift.
         """
+        if self.folds is None:
+            self._add(*self._batch(rows))
+            return
+        sequences = rows.reshape(-1, *rows.shape[-2:]) if rows.dim() >= 3 else rows.unsqueeze(0)
+        count = len(self.folds)
+        for offset in range(min(count, sequences.shape[0])):
+            fold = self.folds[(self.position + offset) % count]
+            batch = self._batch(sequences[offset::count])
+            fold._add(*batch)
+            self._add(*batch)
+        self.position += sequences.shape[0]
+
+    def _batch(self, rows: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor]:
+        """Row count, column sums and Gram (or squares) of one batch, checked finite."""
         x = rows.reshape(-1, rows.shape[-1])
         if not torch.isfinite(x).all():
             raise FloatingPointError(
@@ -57,24 +82,27 @@ class Moments:
                 "Load it in float32 (or bfloat16 instead of float16), or check the input model's weights."
             )
         x = x.to(torch.float32) if x.dtype != torch.float64 else x
-        if self.sum is None:
-            self.sum = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
-            if self.diagonal_only:
-                self.squares = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
-            else:
-                self.gram = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
         batch_squares = (x * x).sum(0) if self.diagonal_only else x.T @ x
         if not torch.isfinite(batch_squares).all():
             raise FloatingPointError(
                 f"calibration activations as large as {x.abs().max().item():.3g} overflow float32 when squared: "
                 "the model is numerically broken on the calibration text. Check the input model's weights."
             )
-        self.n += x.shape[0]
-        self.sum += x.sum(0, dtype=torch.float64)
+        return x.shape[0], x.sum(0, dtype=torch.float64), batch_squares.to(torch.float64)
+
+    def _add(self, n: int, total: torch.Tensor, squares: torch.Tensor) -> None:
+        if self.sum is None:
+            self.sum = torch.zeros_like(total)
+            if self.diagonal_only:
+                self.squares = torch.zeros_like(squares)
+            else:
+                self.gram = torch.zeros_like(squares)
+        self.n += n
+        self.sum += total
         if self.diagonal_only:
-            self.squares += batch_squares.to(torch.float64)
+            self.squares += squares
         else:
-            self.gram += batch_squares.to(torch.float64)
+            self.gram += squares
 
     @property
     def mean(self) -> torch.Tensor:
