@@ -57,6 +57,18 @@ def test_increments_add_up_to_the_schur_error_of_the_removed_set(units: int, wid
         assert [unit // per for unit in order[:groups]] == list(range(groups))
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_neuron_path_equals_the_general_one(seed: int) -> None:
+    """One group of width-1 units takes whole-tensor steps; an empty second group sends the same units through
+    the general loop: same order, same increments."""
+    x, weight = layer(seed, 40, 1, rows=800)
+    sigma = covariance(x)
+    fast = elimination(sigma, weight, 1, [list(range(40))])
+    general = elimination(sigma, weight, 1, [list(range(40)), []])
+    assert fast[0] == general[0]
+    torch.testing.assert_close(torch.tensor(fast[1]), torch.tensor(general[1]), rtol=1e-9, atol=1e-12)
+
+
 @pytest.mark.parametrize("units, width", [(8, 1), (6, 4)])
 def test_against_flap_and_the_brute_force_optimum(units: int, width: int) -> None:
     """Greedy is not optimal, so a rare case can lose to flap: over 8 layers and every count it beats or ties
