@@ -6,6 +6,7 @@ sequences each have their own quirks, the ridge it picks generalises to fresh se
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import torch
 
@@ -142,11 +143,10 @@ def test_a_prune_with_liar_cv_differs_from_liar_only_through_the_ridge(monkeypat
     dense = tiny_model("llama")
     config = PruneConfig(ratio=0.5, num_samples=16, seq_len=16, heldout_samples=0)
     liar_model, _ = prune(copy.deepcopy(dense), ids, config, progress=False)
-    cv_model, record = prune(copy.deepcopy(dense), ids, PruneConfig(**{**config.__dict__, "reconstruction": "liar-cv"}),
-                             progress=False)
+    cv_config = replace(config, reconstruction="liar-cv")
+    cv_model, record = prune(copy.deepcopy(dense), ids, cv_config, progress=False)
     assert all(layer.error <= layer.error_none + 1e-12 for layer in record.layers)
     assert not torch.allclose(model_output(cv_model, ids), model_output(liar_model, ids))
     monkeypatch.setattr("reprune.reconstruction.cv.chosen_alpha", lambda inp: inp.alpha)
-    forced, _ = prune(copy.deepcopy(dense), ids, PruneConfig(**{**config.__dict__, "reconstruction": "liar-cv"}),
-                      progress=False)
+    forced, _ = prune(copy.deepcopy(dense), ids, cv_config, progress=False)
     torch.testing.assert_close(model_output(forced, ids), model_output(liar_model, ids))
